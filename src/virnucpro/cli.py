@@ -1,0 +1,162 @@
+"""The ``virnucpro`` command line: a thin layer over the API and the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from virnucpro import __version__
+from virnucpro.errors import VirnucproError
+
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers must be integers such as -1 or 6,12: {text!r}") from None
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--devices", default="auto",
+                   help="auto (every visible GPU, else CPU), cpu, or GPU numbers such as 0,1,3")
+    g.add_argument("--workers", type=int, default=None,
+                   help="number of CPU workers with --devices cpu (threads are split between them)")
+    g.add_argument("--tokens-per-batch", type=int, default=None,
+                   help="token budget of a padded batch (default 4096 on CPU, 16384 on GPU)")
+    g.add_argument("--unit-tokens", type=int, default=None,
+                   help="tokens per work unit (default: about 1/16 of the job, 1 to 8 batches)")
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="auto: fp32 on CPU, bf16 (or fp16) on GPU")
+    g.add_argument("--max-retries", type=int, default=3,
+                   help="retries of a unit whose worker died; 0 reports its sequences missing")
+    g.add_argument("--worker-timeout", type=float, default=900.0,
+                   help="seconds without a heartbeat before a busy worker is killed (0: never)")
+    g.add_argument("--strict", action="store_true",
+                   help="fail (exit 1, no output) instead of writing a partial result")
+    g.add_argument("--restart", action="store_true",
+                   help="discard the results of an earlier run in the output directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="virnucpro",
+        description="Viral sequence identification (VirNucPro) and protein/DNA language-model "
+        "embeddings on every device of a machine.",
+    )
+    parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    verbosity = common.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = sub.add_parser("embed", parents=[common], help="FASTA in, one validated HDF5 of embeddings out",
+                           description="Embed protein (ESM-2) or DNA (DNABERT-S) sequences into "
+                           "OUT_DIR/embeddings.h5. Exit 0: complete; 2: partial (see missing.tsv "
+                           "and failed.tsv); 1: error.")
+    embed.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                       help="FASTA/FASTQ files, plain or gzip")
+    embed.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
+    embed.add_argument("--model", default="esm2_t36_3B_UR50D",
+                       help="fair-esm name, hub id, Hugging Face folder or fair-esm .pt "
+                       "(default esm2_t36_3B_UR50D); DNABERT-S by hub id or folder")
+    embed.add_argument("--layers", type=_layers, default=(-1,),
+                       help="layers to pool, comma separated, negative from the end (default -1)")
+    embed.add_argument("--per-token", action="store_true", help="also store per-residue vectors")
+    _add_engine_options(embed)
+    embed.set_defaults(handler=_cmd_embed)
+
+    from virnucpro.pipeline.cli_commands import add_pipeline_commands
+
+    add_pipeline_commands(sub, common, _add_engine_options)
+    return parser
+
+
+def _engine_kwargs(args) -> dict:
+    return {
+        "world_size": args.workers,
+        "devices": args.devices,
+        "tokens_per_batch": args.tokens_per_batch,
+        "unit_tokens": args.unit_tokens,
+        "max_retries": args.max_retries,
+        "worker_timeout": args.worker_timeout or None,
+        "strict": args.strict,
+        "restart": args.restart,
+        "quiet": args.quiet,
+    }
+
+
+def _cmd_embed(args) -> int:
+    from virnucpro.api import embed, resolve_model
+
+    spec = resolve_model(str(args.model), layers=args.layers, per_token=args.per_token,
+                         precision=args.precision, flag="--model")
+    result = embed(args.inputs, args.output_dir, spec, **_engine_kwargs(args))
+    return report_result(result, args.output_dir)
+
+
+def report_result(result, out_dir: Path) -> int:
+    """Print the closing line(s) of an engine run and return its exit code."""
+    if result.exit_code == EXIT_OK:
+        print(f"embedded {result.embedded} of {result.expected} sequences -> {result.output}",
+              file=sys.stderr)
+        return EXIT_OK
+    where = []
+    if result.missing:
+        where.append(f"{result.missing} missing (listed in {out_dir / 'missing.tsv'})")
+    if result.failed:
+        where.append(f"{result.failed} failed (listed in {out_dir / 'failed.tsv'})")
+    ranks = f"; failed rank(s): {', '.join(map(str, result.failed_ranks))}" if result.failed_ranks else ""
+    print(
+        f"warning: partial result: {result.embedded} of {result.expected} sequences embedded -> "
+        f"{result.output}; {'; '.join(where)}{ranks}",
+        file=sys.stderr,
+    )
+    return EXIT_PARTIAL
+
+
+def _configure_logging(args) -> None:
+    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("virnucpro")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    from virnucpro.engine.local import Interrupted
+
+    try:
+        return args.handler(args)
+    except Interrupted as exc:
+        work = getattr(exc, "work_dir", "the output directory")
+        print(f"interrupted by {exc}; committed work is kept in {work}. "
+              "Run the same command again to resume.", file=sys.stderr)
+        return exc.exit_code
+    except VirnucproError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (this is a bug; re-run with --debug "
+              "for the traceback and report it)", file=sys.stderr)
+        return EXIT_ERROR

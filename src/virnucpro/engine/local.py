@@ -1,0 +1,288 @@
+"""The local backend: one spawned worker process per device, coordinated over pipes.
+
+The parent hands out units one at a time, watches every worker's pipe and process sentinel,
+kills workers that stop sending heartbeats, respawns dead ones while retries allow, and turns
+SIGINT/SIGTERM into a stop at the next batch boundary (a second signal stops at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+from virnucpro.engine.progress import Progress
+from virnucpro.engine.scheduler import Scheduler
+from virnucpro.engine.worker import WorkerConfig, worker_main
+
+log = logging.getLogger("virnucpro.engine")
+
+ISOLATION_ALLOWANCE = 20  # extra consecutive deaths a rank may see while a poison unit is split
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal; committed units are kept."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@dataclass
+class WorkerState:
+    """What the parent knows about one rank."""
+
+    rank: int
+    device: str
+    process: mp.process.BaseProcess | None = None
+    conn: Connection | None = None
+    status: str = "starting"  # starting, idle, busy, stopped, failed
+    last_seen: float = 0.0
+    pid: int | None = None
+    info: dict = field(default_factory=dict)
+    last_error: str | None = None
+    deaths: list[str] = field(default_factory=list)
+    consecutive_deaths: int = 0
+    respawns: int = 0
+    units_done: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    slots: int = 0
+    oom_splits: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.status in ("starting", "idle", "busy")
+
+    def report(self) -> dict:
+        return {
+            "rank": self.rank,
+            "device": self.device,
+            "status": self.status,
+            "units": self.units_done,
+            "sequences": self.sequences,
+            "tokens": self.tokens,
+            "padded_slots": self.slots,
+            "respawns": self.respawns,
+            "deaths": self.deaths,
+            "oom_splits": self.oom_splits,
+            "dtype": self.info.get("dtype"),
+        }
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+class LocalBackend:
+    """Runs a scheduler's units on local worker processes."""
+
+    def __init__(
+        self,
+        devices: list[str],
+        make_config: Callable[[int, str], WorkerConfig],
+        *,
+        max_retries: int = 0,
+        worker_timeout: float | None = None,
+    ) -> None:
+        self.devices = devices
+        self.make_config = make_config
+        self.max_retries = max_retries
+        self.worker_timeout = worker_timeout
+        self.ctx = mp.get_context("spawn")
+        self.workers = [WorkerState(rank, device) for rank, device in enumerate(devices)]
+        self.stop_signal: int | None = None
+        self.outputs: dict = {}
+
+    # -- process management -------------------------------------------------------------
+    def _start(self, worker: WorkerState) -> None:
+        parent, child = self.ctx.Pipe(duplex=True)
+        config = self.make_config(worker.rank, worker.device)
+        process = self.ctx.Process(
+            target=worker_main, args=(config, child), name=f"virnucpro-worker-{worker.rank}"
+        )
+        process.daemon = True
+        process.start()
+        child.close()
+        worker.process, worker.conn, worker.pid = process, parent, process.pid
+        worker.status, worker.last_seen, worker.last_error = "starting", time.monotonic(), None
+        log.info("worker %d started on %s (pid %d)", worker.rank, worker.device, process.pid)
+
+    def _send(self, worker: WorkerState, message: tuple) -> bool:
+        try:
+            worker.conn.send(message)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def _assign(self, worker: WorkerState, scheduler: Scheduler) -> None:
+        if worker.status != "idle" or self.stop_signal:
+            return
+        unit = scheduler.next_unit(worker.rank)
+        if unit is None:
+            return
+        worker.status = "busy"
+        worker.last_seen = time.monotonic()
+        if not self._send(worker, ("unit", unit.key, unit.positions)):
+            worker.status = "busy"  # the death is noticed through its sentinel
+
+    # -- messages ---------------------------------------------------------------------------
+    def _handle(self, worker: WorkerState, message: tuple, scheduler: Scheduler, progress) -> None:
+        kind = message[0]
+        worker.last_seen = time.monotonic()
+        if kind == "ready":
+            worker.info = message[1]
+            worker.status = "idle"
+            self.outputs = {"dim": worker.info["dim"], "outputs": worker.info["outputs"]}
+            self._assign(worker, scheduler)
+        elif kind == "batch":
+            _, _, n, tokens, slots = message
+            worker.sequences += n
+            worker.tokens += tokens
+            worker.slots += slots
+            progress.update(n, tokens, sum(w.alive for w in self.workers))
+        elif kind == "done":
+            _, key, _count, stats = message
+            scheduler.completed(worker.rank, key)
+            worker.units_done += 1
+            worker.consecutive_deaths = 0
+            worker.oom_splits += stats.get("oom_splits", 0)
+            worker.status = "idle"
+            self._assign(worker, scheduler)
+        elif kind == "error":
+            worker.last_error = message[2]
+        elif kind == "stopped":
+            scheduler.returned(worker.rank)
+            worker.status = "stopped"
+
+    def _drain(self, worker: WorkerState, scheduler: Scheduler, progress) -> None:
+        try:
+            while worker.conn.poll():
+                self._handle(worker, worker.conn.recv(), scheduler, progress)
+        except (EOFError, OSError):
+            pass  # the process is gone; its sentinel tells
+
+    def _handle_death(self, worker: WorkerState, scheduler: Scheduler, progress) -> None:
+        self._drain(worker, scheduler, progress)
+        worker.process.join(timeout=5)
+        reason = f"worker {worker.rank} ({worker.device}) {describe_exit(worker.process.exitcode)}"
+        if worker.last_error:
+            reason += f": {worker.last_error}"
+        if worker.status == "stopped":
+            return
+        worker.deaths.append(reason)
+        worker.consecutive_deaths += 1
+        unit = scheduler.worker_lost(worker.rank, reason)
+        worker.conn.close()
+        lost = f" while computing unit {unit.key} ({len(unit)} sequences)" if unit else ""
+        progress.write(f"warning: {reason}{lost}")
+        log.warning("%s%s", reason, lost)
+        limit = 2 * (self.max_retries + 1) + ISOLATION_ALLOWANCE
+        if self.max_retries > 0 and not self.stop_signal and worker.consecutive_deaths < limit:
+            worker.respawns += 1
+            self._start(worker)
+        else:
+            worker.status = "failed"
+        for other in self.workers:
+            self._assign(other, scheduler)
+
+    # -- signals ------------------------------------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            for worker in self.workers:
+                if worker.alive:
+                    self._send(worker, ("stop",))
+        else:
+            for worker in self.workers:
+                if worker.process is not None and worker.process.is_alive():
+                    os.kill(worker.process.pid, signal.SIGKILL)
+            raise Interrupted(self.stop_signal)
+
+    # -- main loop ------------------------------------------------------------------------------
+    def run(self, scheduler: Scheduler, progress: Progress) -> list[WorkerState]:
+        """Run until every unit is done or lost; raises Interrupted after a signal."""
+        previous = {}
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            for worker in self.workers:
+                self._start(worker)
+            self._loop(scheduler, progress)
+        finally:
+            self._shutdown(scheduler, progress)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if self.stop_signal is not None:
+            raise Interrupted(self.stop_signal)
+        return self.workers
+
+    def _loop(self, scheduler: Scheduler, progress: Progress) -> None:
+        while not scheduler.finished:
+            live = [w for w in self.workers if w.alive]
+            if self.stop_signal is not None and all(w.status != "busy" for w in live):
+                return
+            if not live:
+                scheduler.abandon_pending("no worker left: every rank failed")
+                return
+            by_object: dict = {}
+            for worker in live:
+                by_object[worker.conn] = worker
+                by_object[worker.process.sentinel] = worker
+            for obj in wait(list(by_object), timeout=1.0):
+                worker = by_object[obj]
+                if obj is worker.conn and worker.alive:
+                    self._drain(worker, scheduler, progress)
+            for worker in live:
+                if worker.alive and not worker.process.is_alive():
+                    self._handle_death(worker, scheduler, progress)
+            self._kill_hung(progress)
+
+    def _kill_hung(self, progress: Progress) -> None:
+        if not self.worker_timeout:
+            return
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.status == "busy" and now - worker.last_seen > self.worker_timeout:
+                message = (
+                    f"worker {worker.rank} sent no heartbeat for {self.worker_timeout:g} s; killing it"
+                )
+                progress.write(f"warning: {message}")
+                log.warning(message)
+                worker.last_error = f"no heartbeat for {self.worker_timeout:g} s (hung)"
+                os.kill(worker.process.pid, signal.SIGKILL)
+                worker.last_seen = now
+
+    def _shutdown(self, scheduler: Scheduler, progress: Progress) -> None:
+        for worker in self.workers:
+            if worker.alive:
+                self._send(worker, ("stop",))
+        deadline = time.monotonic() + 30
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+            if worker.alive:
+                self._drain(worker, scheduler, progress)
+                if worker.alive:
+                    worker.status = "stopped"
+                scheduler.returned(worker.rank)

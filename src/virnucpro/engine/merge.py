@@ -1,0 +1,193 @@
+"""Merge committed unit files into one HDF5 in input order, in bounded memory, then validate.
+
+Vectors are written straight into contiguous, early-allocated HDF5 datasets through a memory
+map at their file offsets, so the merge holds one unit at a time whatever the output size.
+The file is built under a temporary name, validated, fsynced and only then renamed over the
+final path: a crash leaves either the old output or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from virnucpro.engine.unitfile import read_unit, read_unit_positions
+from virnucpro.errors import ValidationError
+
+ID_BLOCK = 100_000
+CHECK_BLOCK_BYTES = 256 << 20
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    count: int
+    truncated: int
+    failed_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    failed_reasons: list[str] = field(default_factory=list)
+
+
+def committed_positions(unit_files: list[Path], n_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions computed, unit number of each) over all unit files; overlaps are an error."""
+    owner = np.full(n_index, -1, dtype=np.int64)
+    for number, path in enumerate(unit_files):
+        positions = read_unit_positions(path)
+        clash = owner[positions] >= 0
+        if clash.any():
+            other = unit_files[int(owner[positions[clash][0]])]
+            raise ValidationError(
+                f"sequence position {int(positions[clash][0])} is in both {path.name} and {other.name}"
+            )
+        owner[positions] = number
+    done = np.flatnonzero(owner >= 0)
+    return done, owner[done]
+
+
+def _contiguous(group: h5py.Group, name: str, shape: tuple[int, ...], dtype) -> h5py.Dataset:
+    """A contiguous dataset whose storage is allocated now, so its file offset is known."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    space = h5py.h5s.create_simple(shape)
+    tid = h5py.h5t.py_create(np.dtype(dtype))
+    dsid = h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl)
+    return h5py.Dataset(dsid)
+
+
+def _strings(values) -> np.ndarray:
+    return np.array(list(values), dtype=h5py.string_dtype("utf-8"))
+
+
+def merge_units(
+    index,
+    unit_files: list[Path],
+    output: Path,
+    *,
+    outputs: list[str],
+    dim: int,
+    per_token: bool,
+    attrs: dict,
+) -> MergeResult:
+    """Write ``output`` holding exactly the sequences of ``unit_files``, in input order."""
+    unit_files = sorted(unit_files)
+    done, _ = committed_positions(unit_files, len(index))
+    n = int(done.size)
+    row_of = np.full(len(index), -1, dtype=np.int64)
+    row_of[done] = np.arange(n, dtype=np.int64)
+    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    failed_positions: list[np.ndarray] = []
+    failed_reasons: list[str] = []
+    try:
+        token_total = 0
+        offsets = None
+        if per_token:
+            counts = np.zeros(n, dtype=np.int64)
+            for path in unit_files:
+                with h5py.File(path, "r") as f:
+                    counts[row_of[f["positions"][()]]] = f["per_token_sizes"][()]
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            token_total = int(offsets[-1])
+        with h5py.File(tmp, "w") as f:
+            ids_ds = f.create_dataset("ids", shape=(n,), dtype=h5py.string_dtype("utf-8"))
+            for start in range(0, n, ID_BLOCK):
+                block = done[start : start + ID_BLOCK]
+                ids_ds[start : start + block.size] = _strings(index.ids[p] for p in block.tolist())
+            lengths = f.create_dataset("lengths", data=np.asarray(index.lengths)[done].astype(np.int64))
+            truncated_ds = f.create_dataset("truncated", shape=(n,), dtype=bool)
+            vector_sets = {name: _contiguous(f, name, (n, dim), np.float32) for name in outputs}
+            token_set = None
+            if per_token:
+                token_set = _contiguous(f, "per_token", (token_total, dim), np.float32)
+                f.create_dataset("per_token_offsets", data=offsets)
+            offsets_in_file = {name: ds.id.get_offset() for name, ds in vector_sets.items()}
+            token_offset = token_set.id.get_offset() if token_set is not None else None
+            truncated = np.zeros(n, dtype=bool)
+            del lengths
+        _write_vectors(tmp, unit_files, row_of, n, dim, offsets_in_file, token_offset, offsets,
+                       token_total, truncated, failed_positions, failed_reasons)
+        with h5py.File(tmp, "r+") as f:
+            f["truncated"][...] = truncated
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            f.attrs["count"] = n
+            f.attrs["truncated_count"] = int(truncated.sum())
+        validate_output(tmp, [index.ids[p] for p in done.tolist()], outputs=outputs, dim=dim)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, output)
+        fd = os.open(output.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fp = np.concatenate(failed_positions) if failed_positions else np.zeros(0, np.int64)
+    return MergeResult(output, n, int(truncated.sum()), fp, failed_reasons)
+
+
+def _write_vectors(tmp, unit_files, row_of, n, dim, offsets_in_file, token_offset, offsets,
+                   token_total, truncated, failed_positions, failed_reasons) -> None:
+    maps = {
+        name: np.memmap(tmp, dtype="<f4", mode="r+", offset=offset, shape=(n, dim))
+        for name, offset in offsets_in_file.items()
+        if offset is not None
+    }
+    token_map = None
+    if token_offset is not None:
+        token_map = np.memmap(tmp, dtype="<f4", mode="r+", offset=token_offset, shape=(token_total, dim))
+    for path in unit_files:
+        unit = read_unit(path)
+        rows = row_of[unit.positions]
+        truncated[rows] = unit.truncated
+        for name, array in unit.vectors.items():
+            if name not in maps:
+                if n:
+                    raise ValidationError(f"unit file {path} has an unexpected output {name!r}")
+                continue
+            if array.shape[1] != dim:
+                raise ValidationError(f"unit file {path}: {name} has width {array.shape[1]}, expected {dim}")
+            maps[name][rows] = array
+        if token_map is not None and unit.per_token is not None:
+            for row, block in zip(rows.tolist(), unit.per_token):
+                token_map[offsets[row] : offsets[row + 1]] = block
+        if unit.failed_positions.size:
+            failed_positions.append(unit.failed_positions)
+            failed_reasons.extend(unit.failed_reasons)
+    for m in list(maps.values()) + ([token_map] if token_map is not None else []):
+        m.flush()
+        del m
+
+
+def validate_output(path: Path, expected_ids: list[str], *, outputs: list[str], dim: int) -> None:
+    """Count, duplicates, missing and unexpected ids, shapes and finiteness; raise on failure."""
+    with h5py.File(path, "r") as f:
+        ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+        expected = len(expected_ids)
+        if len(ids) != expected or ids != list(expected_ids):
+            got = set(ids)
+            missing = [i for i in expected_ids if i not in got]
+            extra = sorted(got.difference(expected_ids))
+            dupes = len(ids) - len(got)
+            raise ValidationError(
+                f"{path.name}: {len(ids)} ids for {expected} expected sequences; "
+                f"{len(missing)} missing (first: {', '.join(missing[:5]) or '-'}), "
+                f"{len(extra)} unexpected, {dupes} duplicated"
+            )
+        if len(set(ids)) != len(ids):
+            raise ValidationError(f"{path.name}: duplicate ids")
+        for name in outputs:
+            ds = f[name]
+            if ds.shape != (expected, dim):
+                raise ValidationError(f"{path.name}: {name} has shape {ds.shape}, expected {(expected, dim)}")
+            step = max(1, CHECK_BLOCK_BYTES // max(1, dim * 4))
+            for start in range(0, expected, step):
+                block = ds[start : start + step]
+                if not np.isfinite(block).all():
+                    bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                    raise ValidationError(f"{path.name}: {name} row {bad} ({ids[bad]}) is not finite")

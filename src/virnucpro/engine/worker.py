@@ -1,0 +1,207 @@
+"""The worker process: load the model once, then turn units into committed unit files.
+
+Protocol over a duplex pipe. Parent -> worker: ``("unit", key, positions)`` or ``("stop",)``.
+Worker -> parent: ``("ready", info)``, ``("batch", key, n_seqs, n_tokens, n_slots)``,
+``("done", key, count, stats)``, ``("stopped",)``, ``("error", key_or_None, message)``.
+Every message doubles as a heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from virnucpro.engine.batching import token_budget_batches
+from virnucpro.engine.hooks import OutOfMemoryError, TestHooks
+from virnucpro.engine.unitfile import UnitResult, write_unit
+from virnucpro.errors import VirnucproError
+from virnucpro.models.base import Embedder, EmbedderSpec, load_embedder
+
+MIN_TOKENS_PER_BATCH = 64
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    rank: int
+    device: str  # a torch device string: "cpu" or "cuda:N" (N in the parent's visible list)
+    threads: int | None
+    spec: EmbedderSpec
+    index_dir: str
+    units_dir: str
+    log_path: str
+    tokens_per_batch: int
+
+
+class StopRequested(Exception):
+    """The parent asked the worker to stop at the next batch boundary."""
+
+
+def _setup_logging(path: str, rank: int) -> logging.Logger:
+    logger = logging.getLogger(f"virnucpro.worker.{rank}")
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    return logger
+
+
+class UnitRunner:
+    """Embeds the sequences of units with token-budget batches, splitting on out-of-memory."""
+
+    def __init__(self, config: WorkerConfig, embedder: Embedder, conn: Connection, log) -> None:
+        from virnucpro.io.index import SequenceIndex
+
+        self.config = config
+        self.embedder = embedder
+        self.conn = conn
+        self.log = log
+        self.index = SequenceIndex.open(config.index_dir)
+        self.hooks = TestHooks(config.rank)
+        self.budget = config.tokens_per_batch
+        self.oom_splits = 0
+
+    def _check_stop(self) -> None:
+        if self.conn.poll():
+            message = self.conn.recv()
+            if message[0] == "stop":
+                raise StopRequested
+
+    def run(self, key: str, positions: np.ndarray) -> UnitResult:
+        started = time.perf_counter()
+        splits_before = self.oom_splits
+        ids = [self.index.ids[p] for p in positions.tolist()]
+        seqs = self.index.sequences(positions)
+        encoded = [self.embedder.encode(s) for s in seqs]
+        n = len(ids)
+        vectors = {name: np.zeros((n, self.embedder.dim), np.float32) for name in self.embedder.output_names}
+        per_token: list[np.ndarray | None] | None = [None] * n if self.config.spec.per_token else None
+        ok = np.ones(n, dtype=bool)
+        failures: list[tuple[int, str]] = []
+        tokens = slots = 0
+        for batch in token_budget_batches([len(e) for e in encoded], self.budget):
+            self._check_stop()
+            self._embed(batch, ids, encoded, vectors, per_token, ok, failures)
+            real = sum(len(encoded[i]) for i in batch)
+            width = max(len(encoded[i]) for i in batch) * len(batch)
+            tokens += real
+            slots += width
+            self.conn.send(("batch", key, len(batch), real, width))
+        keep = np.flatnonzero(ok)
+        result = UnitResult(
+            key=key,
+            positions=positions[keep].astype(np.int64),
+            ids=[ids[i] for i in keep.tolist()],
+            lengths=np.array([len(seqs[i]) for i in keep.tolist()], dtype=np.int64),
+            truncated=np.array([self.embedder.truncated(len(seqs[i])) for i in keep.tolist()], bool),
+            vectors={name: array[keep] for name, array in vectors.items()},
+            per_token=[per_token[i] for i in keep.tolist()] if per_token is not None else None,
+            failed_positions=np.array([positions[i] for i, _ in failures], dtype=np.int64),
+            failed_reasons=[reason for _, reason in failures],
+        )
+        self.stats = {
+            "seconds": time.perf_counter() - started,
+            "tokens": tokens,
+            "slots": slots,
+            "oom_splits": self.oom_splits - splits_before,
+            "tokens_per_batch": self.budget,
+        }
+        return result
+
+    def _embed(self, batch, ids, encoded, vectors, per_token, ok, failures) -> None:
+        """Forward one batch; on out-of-memory, halve the budget and split the batch."""
+        self.hooks.before_batch([ids[i] for i in batch])
+        try:
+            output = self.embedder.forward([encoded[i] for i in batch])
+        except OutOfMemoryError:
+            if self.embedder.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(batch) == 1:
+                i = batch[0]
+                ok[i] = False
+                failures.append((i, f"out of memory on a batch of this sequence alone ({len(encoded[i])} tokens)"))
+                self.log.warning("out of memory on %s alone (%d tokens)", ids[i], len(encoded[i]))
+                return
+            self.oom_splits += 1
+            self.budget = max(MIN_TOKENS_PER_BATCH, self.budget // 2)
+            self.log.warning(
+                "out of memory on a batch of %d sequences; split, tokens per batch now %d",
+                len(batch),
+                self.budget,
+            )
+            half = len(batch) // 2
+            self._embed(batch[:half], ids, encoded, vectors, per_token, ok, failures)
+            self._embed(batch[half:], ids, encoded, vectors, per_token, ok, failures)
+            return
+        for name, array in output.pooled.items():
+            vectors[name][batch] = array
+        if per_token is not None and output.per_token is not None:
+            for j, i in enumerate(batch):
+                per_token[i] = output.per_token[j]
+
+
+def worker_main(config: WorkerConfig, conn: Connection) -> None:
+    """Entry point of a worker process (spawned)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates shutdown
+    log = _setup_logging(config.log_path, config.rank)
+    log.info("worker %d started (pid %d) on %s", config.rank, os.getpid(), config.device)
+    key = None
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = torch.device(config.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        embedder = load_embedder(config.spec, device)
+        runner = UnitRunner(config, embedder, conn, log)
+        info = {
+            "pid": os.getpid(),
+            "device": config.device,
+            "dim": embedder.dim,
+            "outputs": list(embedder.output_names),
+            "dtype": str(embedder.dtype).replace("torch.", ""),
+            "describe": embedder.describe(),
+        }
+        log.info("model loaded: %s", info)
+        conn.send(("ready", info))
+        while True:
+            message = conn.recv()
+            if message[0] == "stop":
+                break
+            _, key, positions = message
+            log.info("unit %s: %d sequences", key, len(positions))
+            try:
+                result = runner.run(key, positions)
+            except StopRequested:
+                log.info("stop requested during unit %s; it is not committed", key)
+                break
+            write_unit(Path(config.units_dir), result)
+            log.info("unit %s committed: %s", key, runner.stats)
+            conn.send(("done", key, len(result), runner.stats))
+            key = None
+        conn.send(("stopped",))
+        log.info("worker %d stopped", config.rank)
+    except (VirnucproError, OutOfMemoryError) as exc:
+        log.error("%s", exc)
+        _report_error(conn, key, str(exc))
+        raise SystemExit(1) from None
+    except Exception as exc:  # noqa: BLE001 - every failure is reported to the parent
+        log.error("unexpected error:\n%s", traceback.format_exc())
+        _report_error(conn, key, f"{type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+
+
+def _report_error(conn: Connection, key: str | None, message: str) -> None:
+    try:
+        conn.send(("error", key, message))
+    except (OSError, ValueError):
+        pass
