@@ -1,0 +1,92 @@
+"""Planning, batching and scheduling rules (pure functions; the processes are in test_engine)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from virnucpro.engine.batching import token_budget_batches
+from virnucpro.engine.scheduler import Scheduler
+from virnucpro.engine.units import default_unit_tokens, plan_units
+
+
+def test_plan_covers_every_position_once_in_sorted_order():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 900, size=1000)
+    order = np.argsort(-lengths, kind="stable")
+    units = plan_units(order, lengths + 2, 5000)
+    joined = np.concatenate([u.positions for u in units])
+    assert np.array_equal(joined, order)
+    assert all(u.tokens <= 5000 + 902 for u in units)
+    assert len({u.key for u in units}) == len(units)
+
+
+def test_plan_does_not_depend_on_anything_but_data_and_budget():
+    lengths = np.arange(1, 300)
+    order = np.argsort(-lengths, kind="stable")
+    a = plan_units(order, lengths, 700)
+    b = plan_units(order, lengths, 700)
+    assert [u.key for u in a] == [u.key for u in b]
+    assert all(np.array_equal(x.positions, y.positions) for x, y in zip(a, b))
+
+
+def test_default_unit_tokens_bounds():
+    assert default_unit_tokens(10, 4096) == 4096
+    assert default_unit_tokens(10**9, 4096) == 8 * 4096
+    assert default_unit_tokens(16 * 10000, 4096) == 10000
+
+
+def test_batches_respect_budget_and_keep_every_index():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 600, size=500).tolist() + [5000]
+    batches = list(token_budget_batches(lengths, 2048))
+    seen = sorted(i for b in batches for i in b)
+    assert seen == list(range(len(lengths)))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert width * len(batch) <= 2048 or len(batch) == 1
+    real = sum(lengths)
+    slots = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert (slots - real) / slots < 0.05  # sorted batches pad little
+
+
+def _units(n_units: int, size: int):
+    lengths = np.ones(n_units * size, dtype=np.int64)
+    return plan_units(np.arange(n_units * size), lengths, size)
+
+
+def test_scheduler_without_retries_reports_lost_unit_missing():
+    s = Scheduler(_units(3, 4), max_retries=0)
+    u0 = s.next_unit(0)
+    u1 = s.next_unit(1)
+    s.completed(0, u0.key)
+    s.worker_lost(1, "killed")
+    u2 = s.next_unit(0)
+    s.completed(0, u2.key)
+    assert s.finished
+    positions, reasons = s.lost_positions("missing")
+    assert np.array_equal(positions, u1.positions) and reasons == ["killed"] * 4
+
+
+def test_scheduler_retries_then_isolates_a_poison_sequence():
+    s = Scheduler(_units(1, 8), max_retries=2)
+    poison = 5
+    deaths = 0
+    while not s.finished:
+        unit = s.next_unit(0)
+        if poison in unit.positions:
+            s.worker_lost(0, "killed")
+            deaths += 1
+        else:
+            s.completed(0, unit.key)
+    positions, _ = s.lost_positions("failed")
+    assert positions.tolist() == [poison]
+    assert s.retries >= 2 and s.splits == 3
+    # whole unit: 3 tries; halves of 4 and 2 holding it: one try each; the isolated one: 3 tries
+    assert deaths == 3 + 2 + 3
+
+
+def test_scheduler_returns_units_on_stop():
+    s = Scheduler(_units(2, 2), max_retries=0)
+    unit = s.next_unit(0)
+    s.returned(0)
+    assert s.next_unit(1).key == unit.key
