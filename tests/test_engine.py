@@ -124,18 +124,19 @@ def _wait_for(path: Path, text: str, timeout: float = 120) -> str:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
-def _worker_pid(log: Path) -> int:
-    content = _wait_for(log, "committed")  # the worker has done some work
+def _busy_worker_pid(log: Path) -> int:
+    """The pid of a worker once it holds a unit (its per-batch delay keeps it busy)."""
+    content = _wait_for(log, "INFO unit ")
     return int(content.split("(pid ")[1].split(")")[0])
 
 
 def test_real_sigkill_of_a_worker(one_worker, tmp_path, proteins, tiny_esm_hf):
     out = tmp_path / "killed"
-    env = dict(os.environ, VIRNUCPRO_TEST_DELAY="1=0.3")
+    env = dict(os.environ, VIRNUCPRO_TEST_DELAY="1=2")
     proc = subprocess.Popen([sys.executable, "-m", "virnucpro",
                              *embed_args(proteins, out, tiny_esm_hf, 2, "--max-retries", "0")],
                             env=env, stderr=subprocess.PIPE, text=True)
-    os.kill(_worker_pid(out / "logs" / "worker_1.log"), signal.SIGKILL)
+    os.kill(_busy_worker_pid(out / "logs" / "worker_1.log"), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2, stderr
     report = _check_partial(out, one_worker)

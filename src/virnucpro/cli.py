@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _engine_kwargs(args) -> dict:
+def engine_kwargs(args) -> dict:
     return {
         "world_size": args.workers,
         "devices": args.devices,
@@ -97,7 +97,7 @@ def _cmd_embed(args) -> int:
 
     spec = resolve_model(str(args.model), layers=args.layers, per_token=args.per_token,
                          precision=args.precision, flag="--model")
-    result = embed(args.inputs, args.output_dir, spec, **_engine_kwargs(args))
+    result = embed(args.inputs, args.output_dir, spec, **engine_kwargs(args))
     return report_result(result, args.output_dir)
 
 
@@ -125,9 +125,10 @@ def _configure_logging(args) -> None:
     level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setLevel(level)
     root = logging.getLogger("virnucpro")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(logging.INFO)  # run.log records INFO whatever the terminal shows
     root.propagate = False
 
 

@@ -146,7 +146,8 @@ def run_embedding_job(
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root_logger = logging.getLogger("virnucpro")
     root_logger.addHandler(handler)
-    root_logger.setLevel(min(root_logger.level or logging.INFO, logging.INFO))
+    if root_logger.getEffectiveLevel() > logging.INFO:
+        root_logger.setLevel(logging.INFO)  # run.log records INFO; terminal handlers filter
     try:
         return _run(index, rd, spec, options, desc, started)
     finally:

@@ -113,16 +113,17 @@ def load_embedder(spec: EmbedderSpec, device: torch.device) -> Embedder:
 
 
 ESM2_MAX_RESIDUES = 1022
+DNABERT_MAX_TOKENS = 2048
 
 
 def planning_tokens(spec: EmbedderSpec, lengths: np.ndarray) -> np.ndarray:
     """Token cost of each sequence for planning units, without loading the model.
 
     ESM-2 is exact (residues, truncated at 1022, plus BOS/EOS). DNABERT-S's BPE averages
-    about 4 to 5 nucleotides per token, so ``length // 4 + 2`` slightly over-estimates; the
+    about 4 to 5 nucleotides per token, so ``ceil(length / 4) + 2`` (capped at 2048) slightly over-estimates; the
     worker batches by the real token counts.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if spec.family == "esm2":
         return np.minimum(lengths, ESM2_MAX_RESIDUES) + 2
-    return lengths // 4 + 2
+    return np.minimum((lengths + 3) // 4 + 2, DNABERT_MAX_TOKENS)

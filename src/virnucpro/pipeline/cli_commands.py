@@ -18,6 +18,8 @@ def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_optio
     translate.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
     translate.add_argument("--chunk-size", type=int, choices=[300, 500], default=500)
     translate.set_defaults(handler=_cmd_translate)
+    add_predict_command(sub, common, add_engine_options)
+    add_selfcheck_command(sub, common, add_engine_options)
 
 
 def _cmd_translate(args) -> int:
@@ -32,3 +34,80 @@ def _cmd_translate(args) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
+    predict = sub.add_parser(
+        "predict", parents=[common], help="the VirNucPro pipeline: which reads/contigs are viral",
+        description="Chunk, translate six frames, embed nucleotides with DNABERT-S and proteins "
+        "with ESM-2, join by id, classify with the VirNucPro MLP. Writes the original "
+        "prediction_results.txt and prediction_results_highestscore.csv, plus "
+        "virnucpro_summary.tsv, viral.fna, skipped.tsv and run.json. Exit 0: complete; "
+        "2: some frames could not be scored (see skipped.tsv); 1: error.",
+    )
+    predict.add_argument("input", type=Path, metavar="INPUT", help="FASTA/FASTQ, plain or gzip")
+    predict.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
+    predict.add_argument("--chunk-size", type=int, choices=[300, 500], default=500,
+                         help="chunk length; selects the matching original classifier (default 500)")
+    predict.add_argument("--esm-model", default="esm2_t36_3B_UR50D",
+                         help="ESM-2 name, hub id, folder or .pt (default esm2_t36_3B_UR50D)")
+    predict.add_argument("--dnabert-model", default="zhihan1996/DNABERT-S",
+                         help="DNABERT-S hub id or folder (default zhihan1996/DNABERT-S)")
+    predict.add_argument("--classifier", default=None, metavar="PATH",
+                         help="classifier: an original 300_model.pth/500_model.pth or our "
+                         "safetensors file (default: the original for --chunk-size)")
+    add_engine_options(predict)
+    predict.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
+    from virnucpro.cli import engine_kwargs
+    from virnucpro.pipeline.predict import PredictOptions, run_predict
+
+    options = PredictOptions(
+        chunk_size=args.chunk_size, esm_model=args.esm_model, dnabert_model=args.dnabert_model,
+        classifier=args.classifier, precision=args.precision, engine=engine_kwargs(args),
+    )
+    result = run_predict(args.input, args.output_dir, options)
+    c = result.counts
+    print(
+        f"{c['input_records']} records: {c['records_virus']} virus, {c['records_others']} others, "
+        f"{c['records_no_call']} no call ({c['frames_scored']} frames scored) -> "
+        f"{args.output_dir}",
+        file=sys.stderr,
+    )
+    if result.exit_code:
+        print(f"warning: {c['frames_unscored']} frame(s) could not be scored; see "
+              f"{args.output_dir / 'skipped.tsv'}", file=sys.stderr)
+    return result.exit_code
+
+
+def add_selfcheck_command(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
+    check = sub.add_parser(
+        "selfcheck", parents=[common],
+        help="offline machinery check: the whole pipeline with small random models",
+        description="Runs `predict` end to end with small RANDOM models written in the real file "
+        "formats (Hugging Face folders, tokenizer.json, an original-format pickled classifier). "
+        "Needs no network. A machinery check only: the predictions are meaningless.",
+    )
+    check.add_argument("input", type=Path, metavar="INPUT", help="e.g. examples/example.fna")
+    check.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
+    check.add_argument("--chunk-size", type=int, choices=[300, 500], default=500)
+    add_engine_options(check)
+    check.set_defaults(handler=_cmd_selfcheck)
+
+
+def _cmd_selfcheck(args) -> int:
+    from virnucpro.cli import engine_kwargs
+    from virnucpro.pipeline.selfcheck import NOTICE, run_selfcheck
+
+    print(NOTICE, file=sys.stderr)
+    result = run_selfcheck(args.input, args.output_dir, args.chunk_size, engine_kwargs(args))
+    c = result.counts
+    print(
+        f"selfcheck OK: {c['input_records']} records, {c['chunks']} chunks, "
+        f"{c['frames_scored']} frames scored through both models and the classifier -> "
+        f"{result.out_dir} ({NOTICE})",
+        file=sys.stderr,
+    )
+    return result.exit_code

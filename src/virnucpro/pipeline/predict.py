@@ -1,0 +1,244 @@
+"""``virnucpro predict``: translate, embed twice on the engine, join by id, classify, report.
+
+OUT/prediction_results.txt, prediction_results_highestscore.csv   the original tables
+OUT/virnucpro_summary.tsv   one row per input record (every record appears)
+OUT/viral.fna               the records called viral
+OUT/skipped.tsv             everything that produced no score, with the reason
+OUT/run.json                counts, versions, models and checksums, parameters, timings
+OUT/stages/translate/       chunked and translated sequences (reused on resume)
+OUT/stages/dnabert_s/, OUT/stages/esm2/   engine run directories (resumable)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from virnucpro import __version__
+from virnucpro.errors import InputError, VirnucproError
+from virnucpro.io.atomic import atomic_path, atomic_write_json
+from virnucpro.io.fasta import read_records
+from virnucpro.models.base import EmbedderSpec
+from virnucpro.pipeline import tables
+from virnucpro.pipeline.features import joined_features
+from virnucpro.pipeline.translate import TranslateResult, output_paths, translate_file
+
+DEFAULT_ESM = "esm2_t36_3B_UR50D"
+DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
+
+
+@dataclass
+class PredictOptions:
+    chunk_size: int = 500
+    esm_model: str = DEFAULT_ESM
+    dnabert_model: str = DEFAULT_DNABERT
+    classifier: str | None = None  # default: the original classifier for the chunk size
+    precision: str = "auto"
+    engine: dict = field(default_factory=dict)  # devices, world_size, tokens_per_batch, ...
+
+
+@dataclass
+class PredictResult:
+    exit_code: int
+    out_dir: Path
+    counts: dict
+
+
+def _stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool):
+    """Translate once; reuse the outputs while the input and chunk size are unchanged."""
+    marker = stage / "done.json"
+    stat = input_path.stat()
+    key = {"input": str(input_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           "chunk_size": chunk_size, "version": __version__}
+    paths = output_paths(input_path, stage, chunk_size)
+    records_tsv = stage / "records.tsv"
+    if marker.exists():
+        saved = json.loads(marker.read_text())
+        if saved.get("key") == key and all(p.exists() for p in paths) and records_tsv.exists():
+            return saved["result"], paths, records_tsv, True
+    stage.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
+    with tqdm(desc="translate", unit="rec", disable=quiet or None, file=sys.stderr) as bar:
+        result: TranslateResult = translate_file(input_path, stage, chunk_size,
+                                                 records_tsv=records_tsv, progress=bar.update)
+    summary = {
+        "records": result.records, "empty_records": result.empty_records,
+        "chunks": result.chunks, "chunks_without_frame": result.chunks_without_frame,
+        "frames_kept": result.frames_kept, "bases": result.bases,
+        "non_acgtn": result.non_acgtn, "non_acgtn_chars": dict(result.non_acgtn_chars),
+    }
+    atomic_write_json(marker, {"key": key, "result": summary})
+    return summary, paths, records_tsv, False
+
+
+def _read_records_table(path: Path, input_path: Path) -> list[tuple[str, int, int, int]]:
+    rows = []
+    seen: dict[str, int] = {}
+    with open(path) as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader)
+        for number, (rid, length, chunks, kept) in enumerate(reader, start=1):
+            if rid in seen:
+                raise InputError(f"{input_path}: duplicate record id {rid!r} (records {seen[rid]} "
+                                 f"and {number})")
+            seen[rid] = number
+            rows.append((rid, int(length), int(chunks), int(kept)))
+    return rows
+
+
+def _resolve_models(options: PredictOptions):
+    from virnucpro.api import resolve_model
+    from virnucpro.models.classifier import load_classifier
+    from virnucpro.models.registry import resolve_classifier
+
+    dnabert = resolve_model(options.dnabert_model, precision=options.precision,
+                            flag="--dnabert-model")
+    esm = resolve_model(options.esm_model, precision=options.precision, flag="--esm-model")
+    classifier_path = resolve_classifier(options.classifier, options.chunk_size, flag="--classifier")
+    return dnabert, esm, classifier_path, load_classifier(classifier_path)
+
+
+def _embed_stage(fasta: Path, out: Path, spec: EmbedderSpec, engine: dict, desc: str):
+    from virnucpro.api import embed
+
+    return embed([fasta], out, spec, desc=desc, **engine)
+
+
+def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> PredictResult:
+    """Run the whole VirNucPro method on one FASTA/FASTQ file."""
+    started = time.time()
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if not input_path.is_file():
+        raise InputError(f"{input_path}: no such file")
+    created = not out_dir.exists()
+    timings: dict[str, float] = {}
+    try:
+        dnabert, esm, classifier_path, classifier = _resolve_models(options)
+        timings["resolve_models"] = time.time() - started
+        t = time.time()
+        quiet = bool(options.engine.get("quiet"))
+        translated, (chunked, nucleotides, proteins), records_tsv, reused = _stage_translate(
+            input_path, out_dir / "stages" / "translate", options.chunk_size, quiet)
+        records = _read_records_table(records_tsv, input_path)
+        timings["translate"] = time.time() - t
+    except VirnucproError:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    stage_results = {}
+    h5 = {"dnabert_s": None, "esm2": None}
+    frame_ids: list[str] = []
+    if translated["frames_kept"]:
+        for name, fasta, spec, desc in (("dnabert_s", nucleotides, dnabert, "DNABERT-S"),
+                                        ("esm2", proteins, esm, "ESM-2")):
+            t = time.time()
+            result = _embed_stage(fasta, out_dir / "stages" / name, spec, options.engine, desc)
+            timings[name] = time.time() - t
+            stage_results[name] = result
+            h5[name] = result.output
+        from virnucpro.io.index import SequenceIndex
+
+        frame_ids = list(SequenceIndex.open(out_dir / "stages" / "esm2" / "work" / "index").ids)
+    t = time.time()
+    counts = _classify_and_write(input_path, out_dir, chunked, records, frame_ids, h5, classifier)
+    timings["classify_and_write"] = time.time() - t
+    partial = any(r.exit_code != 0 for r in stage_results.values()) or counts["frames_unscored"]
+    report = {
+        "virnucpro_version": __version__,
+        "command": "predict",
+        "status": "partial" if partial else "complete",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {"path": str(input_path.resolve()), "size": input_path.stat().st_size},
+        "parameters": {"chunk_size": options.chunk_size, "precision": options.precision,
+                       **{k: v for k, v in options.engine.items()}},
+        "models": {
+            "dnabert_s": dnabert.fingerprint_fields(),
+            "esm2": esm.fingerprint_fields(),
+            "classifier": {"path": str(classifier_path), "sha256": _sha256(classifier_path),
+                           "input_dim": classifier.input_dim},
+        },
+        "counts": {**{"input_records": len(records)}, **translated, **counts},
+        "translate_reused": reused,
+        "stages": {name: {"exit_code": r.exit_code, "embedded": r.embedded,
+                          "missing": r.missing, "failed": r.failed,
+                          "failed_ranks": r.failed_ranks, "report": str(out_dir / "stages" / name / "run.json")}
+                   for name, r in stage_results.items()},
+        "timings_s": {**timings, "total": time.time() - started},
+    }
+    atomic_write_json(out_dir / "run.json", report)
+    return PredictResult(2 if partial else 0, out_dir, report["counts"])
+
+
+def _sha256(path: Path) -> str:
+    from virnucpro.models.hub import sha256_file
+
+    return sha256_file(path)
+
+
+def _classify_and_write(input_path, out_dir, chunked, records, frame_ids, h5, classifier):
+    from virnucpro.models.classifier import check_feature_width
+
+    blocks, unscored, (dna_dim, protein_dim) = joined_features(frame_ids, h5["dnabert_s"], h5["esm2"])
+    if frame_ids and len(unscored) < len(frame_ids):
+        check_feature_width(classifier, dna_dim + protein_dim,
+                            source=f"DNABERT-S {dna_dim} + ESM-2 {protein_dim}")
+    frames_scored: dict[str, int] = {}
+    with atomic_path(out_dir / tables.PREDICTIONS) as tmp, open(tmp, "w") as handle:
+        writer = tables.PredictionWriter(handle)
+        for block in blocks:
+            probabilities = classifier.predict_proba(block.features)
+            writer.add(block.ids, probabilities)
+            for frame in block.ids:
+                rid = tables.record_of(tables.chunk_of(frame))
+                frames_scored[rid] = frames_scored.get(rid, 0) + 1
+    with atomic_path(out_dir / tables.HIGHEST) as tmp, open(tmp, "w") as handle:
+        writer.write_highest(handle)
+    scores = writer.record_scores()
+    with atomic_path(out_dir / tables.SUMMARY) as tmp, open(tmp, "w") as handle:
+        calls = tables.write_summary(handle, records, scores, frames_scored)
+    if sum(calls.values()) != len(records):
+        raise VirnucproError("internal accounting error: the summary does not hold every record")
+    viral = {rid for rid, score in scores.items() if score.call == "virus"}
+    written = 0
+    with atomic_path(out_dir / tables.VIRAL) as tmp, open(tmp, "w") as handle:
+        for record in read_records(input_path):
+            if record.id in viral:
+                handle.write(f">{record.header}\n{record.seq}\n")
+                written += 1
+    if written != len(viral):
+        raise VirnucproError(f"internal accounting error: {len(viral)} viral records, {written} written")
+    skipped_rows = _skipped_rows(chunked, records, writer, unscored)
+    with atomic_path(out_dir / tables.SKIPPED) as tmp, open(tmp, "w") as handle:
+        handle.write("id\tlevel\treason\n")
+        handle.writelines(f"{i}\t{level}\t{reason}\n" for i, level, reason in skipped_rows)
+    return {
+        "frames_scored": writer.rows,
+        "frames_unscored": len(unscored),
+        "chunks_scored": len(writer.chunks),
+        "records_virus": calls["virus"],
+        "records_others": calls["others"],
+        "records_no_call": calls["no_call"],
+        "skipped_rows": len(skipped_rows),
+    }
+
+
+def _skipped_rows(chunked: Path, records, writer, unscored: dict[str, str]):
+    """Records, chunks and frames that produced no score, each with its reason."""
+    rows = [(rid, "record", "empty sequence") for rid, length, _, _ in records if length == 0]
+    chunks_with_unscored = {tables.chunk_of(frame) for frame in unscored}
+    for record in read_records(chunked):
+        if record.id in writer.chunks:
+            continue
+        if record.id in chunks_with_unscored:
+            rows.append((record.id, "chunk", "none of its frames could be embedded (see its frames)"))
+        else:
+            rows.append((record.id, "chunk", "no stop-free frame in any of the six frames"))
+    rows.extend((frame, "frame", reason) for frame, reason in unscored.items())
+    return rows
