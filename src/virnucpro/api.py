@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from virnucpro.engine.devices import resolve_devices, threads_per_worker
-from virnucpro.engine.job import EngineOptions, JobResult, run_embedding_job
+from virnucpro.engine.job import EngineOptions, JobResult, merge_job, run_embedding_job
+from virnucpro.engine.jobstate import parse_shard
 from virnucpro.models.base import EmbedderSpec
 
 DEFAULT_ESM2 = "esm2_t36_3B_UR50D"
@@ -63,11 +64,16 @@ def embed(
     strict: bool = False,
     restart: bool = False,
     quiet: bool = True,
+    backend: str = "local",
+    ray_address: str | None = None,
+    shard: tuple[int, int] | str | None = None,
     desc: str = "embedding",
 ) -> JobResult:
     """Run one embedding job; returns its JobResult (exit code, counts, failed ranks)."""
     if isinstance(fasta_files, (str, Path)):
         fasta_files = [fasta_files]
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
     device_list = resolve_devices(devices, world_size)
     options = EngineOptions(
         devices=device_list,
@@ -79,9 +85,17 @@ def embed(
         restart=restart,
         quiet=quiet,
         threads=threads_per_worker(device_list),
+        backend=backend,
+        ray_address=ray_address,
+        shard=shard,
     )
     return run_embedding_job([Path(f) for f in fasta_files], Path(output_dir), spec, options,
                              desc=desc)
+
+
+def merge(output_dir: str | Path, *, strict: bool = False, quiet: bool = True) -> JobResult:
+    """Merge and validate the ``--shard I/N`` runs in ``output_dir`` into embeddings.h5."""
+    return merge_job(Path(output_dir), strict=strict, quiet=quiet)
 
 
 def _spec_from_config(model_config, options: dict) -> EmbedderSpec:
@@ -111,7 +125,7 @@ def run_multi_gpu_inference(
     per visible GPU, or one CPU worker when there is none. Returns the output path and the
     ranks that failed (their missing sequences are listed in ``output_dir/missing.tsv``).
     Options: devices, tokens_per_batch, unit_tokens, max_retries, worker_timeout, strict,
-    restart, quiet.
+    restart, quiet, backend ("local" or "ray"), ray_address, shard ("I/N").
     """
     spec = _spec_from_config(model_config, options)
     result = embed(fasta_files, output_dir, spec, world_size=world_size, **options)

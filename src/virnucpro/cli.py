@@ -40,6 +40,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="fail (exit 1, no output) instead of writing a partial result")
     g.add_argument("--restart", action="store_true",
                    help="discard the results of an earlier run in the output directory")
+    g.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local worker processes, or Ray actors (pip install virnucpro[ray])")
+    g.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="Ray cluster to join with --backend ray (default: start a local one)")
+    g.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only stride shard I of N (job arrays); then `virnucpro merge`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(embed)
     embed.set_defaults(handler=_cmd_embed)
 
+    merge = sub.add_parser("merge", parents=[common], help="merge the --shard I/N runs of OUT_DIR",
+                           description="Merge and validate the shards computed with --shard I/N "
+                           "into OUT_DIR/embeddings.h5; names the shards that are missing.")
+    merge.add_argument("output_dir", type=Path, metavar="OUT_DIR")
+    merge.add_argument("--strict", action="store_true",
+                       help="fail instead of writing a partial result")
+    merge.set_defaults(handler=_cmd_merge)
+
     from virnucpro.pipeline.cli_commands import add_pipeline_commands
 
     add_pipeline_commands(sub, common, _add_engine_options)
@@ -89,6 +103,9 @@ def engine_kwargs(args) -> dict:
         "strict": args.strict,
         "restart": args.restart,
         "quiet": args.quiet,
+        "backend": args.backend,
+        "ray_address": args.ray_address,
+        "shard": args.shard,
     }
 
 
@@ -101,8 +118,20 @@ def _cmd_embed(args) -> int:
     return report_result(result, args.output_dir)
 
 
+def _cmd_merge(args) -> int:
+    from virnucpro.api import merge
+
+    result = merge(args.output_dir, strict=args.strict, quiet=args.quiet)
+    return report_result(result, args.output_dir)
+
+
 def report_result(result, out_dir: Path) -> int:
     """Print the closing line(s) of an engine run and return its exit code."""
+    if result.output is None:  # a shard run: nothing merged yet
+        print(f"shard done: {result.embedded} of {result.expected} sequences of this shard "
+              f"embedded in {out_dir}; when every shard is done, run `virnucpro merge {out_dir}`",
+              file=sys.stderr)
+        return result.exit_code
     if result.exit_code == EXIT_OK:
         print(f"embedded {result.embedded} of {result.expected} sequences -> {result.output}",
               file=sys.stderr)

@@ -1,8 +1,9 @@
 """One embedding job from input files to a validated HDF5: index, plan, run, merge, report.
 
-A job is (input files, an embedder spec, parameters). Its description is stored in
-``work/job.json``; re-running the same job on the same directory resumes it (committed units
-are reused), a different job on the same directory is refused unless ``restart`` is set.
+A job is (input files, an embedder spec). Re-running it on the same directory resumes it:
+committed units are reused, whatever plan, worker count or shard produced them. A different
+job on the same directory is refused unless ``restart`` is set. ``shard=(I, N)`` computes only
+the I-th stride shard and stops before the merge; ``merge_job`` merges the shards.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from virnucpro import __version__
+from virnucpro.engine.jobstate import JobState, describe_job
 from virnucpro.engine.local import Interrupted, LocalBackend
 from virnucpro.engine.merge import committed_positions, merge_units
 from virnucpro.engine.progress import Progress
+from virnucpro.engine.report import attributes, build_report
 from virnucpro.engine.rundir import RunDir
 from virnucpro.engine.scheduler import Scheduler
-from virnucpro.engine.unitfile import read_unit
-from virnucpro.engine.units import Unit, default_unit_tokens, plan_units, unit_plan_digest
+from virnucpro.engine.unitfile import UnitResult, read_unit, write_unit
+from virnucpro.engine.units import Unit, default_unit_tokens, plan_units
 from virnucpro.engine.worker import WorkerConfig
 from virnucpro.errors import VirnucproError
 from virnucpro.io.atomic import atomic_write_json, atomic_write_text
@@ -44,11 +45,14 @@ class EngineOptions:
     restart: bool = False
     quiet: bool = False
     threads: int | None = None  # CPU threads per worker
+    backend: str = "local"  # "local" or "ray"
+    ray_address: str | None = None
+    shard: tuple[int, int] | None = None  # compute only stride shard I of N
 
 
 @dataclass
 class JobResult:
-    output: Path | None
+    output: Path | None  # None for a shard run (nothing merged yet)
     exit_code: int  # 0 complete, 2 partial
     expected: int
     embedded: int
@@ -58,80 +62,27 @@ class JobResult:
     report: dict = field(default_factory=dict)
 
 
+@dataclass
+class RunOutcome:
+    """What the compute phase of one run did (empty for a merge-only run)."""
+
+    workers: list = field(default_factory=list)
+    scheduler: Scheduler | None = None
+    outputs: dict = field(default_factory=dict)  # {"outputs": [...], "dim": D} from workers
+    planned: int = 0
+    todo: int = 0
+    reused: int = 0
+    missing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    missing_reasons: list[str] = field(default_factory=list)
+
+
 def _tsv(path: Path, header: str, rows: list[tuple]) -> None:
     lines = [header] + ["\t".join(str(v) for v in row) for row in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _job_description(index: SequenceIndex, spec: EmbedderSpec, options, units, unit_tokens):
-    return {
-        "inputs": [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in index.files],
-        "input_fingerprint": index.fingerprint(),
-        "model": spec.fingerprint_fields(),
-        "parameters": {"unit_tokens": unit_tokens, "plan": unit_plan_digest(units)},
-    }
-
-
-def _differences(old: dict, new: dict) -> list[str]:
-    changes = []
-    if old.get("input_fingerprint") != new["input_fingerprint"]:
-        changes.append("the input files changed")
-    if old.get("model") != new["model"]:
-        keys = [k for k in new["model"] if old.get("model", {}).get(k) != new["model"][k]]
-        changes.append(f"the model changed ({', '.join(keys)})")
-    if old.get("parameters") != new["parameters"]:
-        changes.append("the work plan changed (--tokens-per-batch or --unit-tokens)")
-    return changes
-
-
-def _check_resume(rd: RunDir, description: dict, restart: bool) -> dict | None:
-    """The previous job state if it may be resumed; wipes it when restarting."""
-    if not rd.job.exists():
-        return None
-    import json
-
-    previous = json.loads(rd.job.read_text())
-    if restart:
-        shutil.rmtree(rd.units, ignore_errors=True)
-        rd.units.mkdir(parents=True, exist_ok=True)
-        for path in (rd.output, rd.missing, rd.failed):
-            path.unlink(missing_ok=True)
-        return None
-    changes = _differences(previous.get("job", {}), description)
-    if changes:
-        raise VirnucproError(
-            f"{rd.root} holds results of a different job: {'; '.join(changes)}. Nothing was "
-            "overwritten. Re-run with --restart to discard them, or choose another output directory"
-        )
-    return previous
-
-
-def _remaining_units(units: list[Unit], done: np.ndarray) -> list[Unit]:
-    """Plan units minus the positions already committed (reused on resume)."""
-    is_done = np.zeros(int(max([u.positions.max() for u in units if len(u)] + [0])) + 1, bool)
-    is_done[done[done < is_done.size]] = True
-    remaining = []
-    for unit in units:
-        left = unit.positions[~is_done[unit.positions]]
-        if left.size == len(unit):
-            remaining.append(unit)
-        elif left.size:
-            share = unit.tokens * left.size // len(unit)
-            remaining.append(Unit(f"{unit.key}r", left, share))
-    return remaining
-
-
-def run_embedding_job(
-    files: list[Path],
-    out_dir: Path,
-    spec: EmbedderSpec,
-    options: EngineOptions,
-    *,
-    desc: str = "embedding",
-) -> JobResult:
-    """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir)."""
-    started = time.time()
-    out_dir = Path(out_dir)
+def _open(files: list[Path], out_dir: Path) -> tuple[RunDir, SequenceIndex]:
+    """Index the inputs; a bad input leaves no output directory behind."""
     created = not out_dir.exists()
     rd = RunDir(out_dir)
     try:
@@ -142,228 +93,291 @@ def run_embedding_job(
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     rd.create()
-    handler = logging.FileHandler(rd.logs / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root_logger = logging.getLogger("virnucpro")
-    root_logger.addHandler(handler)
-    if root_logger.getEffectiveLevel() > logging.INFO:
-        root_logger.setLevel(logging.INFO)  # run.log records INFO; terminal handlers filter
-    try:
-        return _run(index, rd, spec, options, desc, started)
-    finally:
-        root_logger.removeHandler(handler)
-        handler.close()
+    return rd, index
 
 
-def _run(index, rd: RunDir, spec, options: EngineOptions, desc: str, started: float) -> JobResult:
-    timings: dict[str, float] = {"index": time.time() - started}
-    if index.skipped:
-        _tsv(rd.skipped, "id\tfile\tline\treason",
-             [(s.id, s.file, s.line, s.reason) for s in index.skipped])
+class _RunLog:
+    """Attach ``logs/run.log`` to the package logger for the duration of a job."""
+
+    def __init__(self, rd: RunDir) -> None:
+        self.handler = logging.FileHandler(rd.logs / "run.log")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        self.logger = logging.getLogger("virnucpro")
+
+    def __enter__(self) -> None:
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)  # run.log records INFO; terminal handlers filter
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+
+
+def run_embedding_job(
+    files: list[Path], out_dir: Path, spec: EmbedderSpec, options: EngineOptions, *,
+    desc: str = "embedding",
+) -> JobResult:
+    """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir)."""
+    started = time.time()
+    rd, index = _open(files, Path(out_dir))
+    with _RunLog(rd):
+        timings = {"index": time.time() - started}
+        if index.skipped:
+            _tsv(rd.skipped, "id\tfile\tline\treason",
+                 [(s.id, s.file, s.line, s.reason) for s in index.skipped])
+        state = JobState(rd)
+        description = describe_job(index, spec)
+        state.check(description, options.restart)
+        if options.shard is None and state.complete:
+            log.info("%s is already complete; nothing to do", rd.output)
+            report = state.previous.get("report", {})
+            return JobResult(rd.output, 0, len(index), len(index), 0, 0, [], report)
+        run_number = state.start(description, spec)
+        compute_started = time.time()
+        outcome = _compute(index, rd, spec, options, desc, run_number, started, timings)
+        timings["compute"] = time.time() - compute_started
+        if options.shard is not None:
+            return _finish_shard(index, rd, state, spec, options, outcome, started, timings)
+        return _finish(index, rd, state, spec, options, outcome, started, timings, run_number)
+
+
+def merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> JobResult:
+    """Merge and validate the shards computed in ``out_dir`` (``virnucpro merge``)."""
+    started = time.time()
+    rd = RunDir(Path(out_dir))
+    state = JobState(rd)
+    spec = state.spec()
+    files = [Path(f["path"]) for f in state.previous["job"]["inputs"]]
+    _, index = _open(files, rd.root)
+    with _RunLog(rd):
+        description = describe_job(index, spec)
+        state.check(description, restart=False)
+        done, failed = committed_positions(_unit_files(rd), len(index))
+        outcome = RunOutcome()
+        records = state.shard_records()
+        for record in records:
+            outcome.missing = np.concatenate([outcome.missing,
+                                              np.array(record["missing_positions"], np.int64)])
+            outcome.missing_reasons += record["missing_reasons"]
+        covered = np.zeros(len(index), bool)
+        covered[done] = covered[failed] = True
+        covered[outcome.missing] = True
+        if not covered.all():
+            raise VirnucproError(_missing_shards_message(records, int((~covered).sum()), len(index)))
+        options = EngineOptions(devices=[], strict=strict, quiet=quiet)
+        return _finish(index, rd, state, spec, options, outcome, started,
+                       {"index": time.time() - started}, state.runs)
+
+
+def _missing_shards_message(records: list[dict], uncovered: int, total: int) -> str:
+    if not records:
+        return f"no shard has been computed here yet ({uncovered} of {total} sequences missing)"
+    n = records[0]["shard"][1]
+    seen = {r["shard"][0]: r for r in records if r["shard"][1] == n}
+    absent = [f"{i}/{n}" for i in range(n) if i not in seen]
+    unfinished = [f"{i}/{n}" for i, r in sorted(seen.items()) if r["status"] == "running"]
+    parts = []
+    if absent:
+        parts.append(f"shard(s) {', '.join(absent)} missing")
+    if unfinished:
+        parts.append(f"shard(s) {', '.join(unfinished)} did not finish")
+    detail = "; ".join(parts) or "some units are not committed"
+    return (f"cannot merge: {detail} ({uncovered} of {total} sequences not computed); run them "
+            "with --shard I/N, then merge again")
+
+
+def _plan(index, spec, options: EngineOptions, done_or_failed: np.ndarray, run_number: int):
     costs = planning_tokens(spec, index.lengths)
-    total_tokens = int(costs.sum())
-    unit_tokens = options.unit_tokens or default_unit_tokens(total_tokens, options.tokens_per_batch)
-    units = plan_units(index.order, costs, unit_tokens)
-    description = _job_description(index, spec, options, units, unit_tokens)
-    previous = _check_resume(rd, description, options.restart)
-    if previous and previous.get("status") == "complete" and rd.output.exists():
-        log.info("%s is already complete; nothing to do", rd.output)
-        report = previous.get("report", {})
-        return JobResult(rd.output, 0, len(index), len(index), 0, 0, [], report)
+    unit_tokens = options.unit_tokens or default_unit_tokens(int(costs.sum()),
+                                                             options.tokens_per_batch)
+    if options.shard is None:
+        units = plan_units(index.order, costs, unit_tokens)
+        prefix = "u"
+    else:
+        i, n = options.shard
+        units = plan_units(index.stride(i, n), costs, unit_tokens)
+        prefix = f"s{i}of{n}-u"
+    computed = np.zeros(len(index), dtype=bool)
+    computed[done_or_failed] = True
+    todo = []
+    for unit in units:
+        key = prefix + unit.key[1:]
+        left = unit.positions[~computed[unit.positions]]
+        if left.size == len(unit):
+            todo.append(Unit(key, unit.positions, unit.tokens))
+        elif left.size:  # partly committed before: a fresh key, never an existing file's
+            todo.append(Unit(f"{key}r{run_number}", left, unit.tokens * left.size // len(unit)))
+    return units, todo, unit_tokens
 
-    unit_files = sorted(rd.units.glob("u*.h5"))
-    done, _ = committed_positions(unit_files, len(index))
-    todo = _remaining_units(units, done)
-    atomic_write_json(rd.job, {"status": "running", "job": description, "version": __version__})
-    reused = len(unit_files)
-    log.info(
-        "%d sequences, %d units (%d tokens each), %d reused, %d workers on %s",
-        len(index), len(units), unit_tokens, reused, len(options.devices), ",".join(options.devices),
-    )
 
+def make_backend(options: EngineOptions, make_config):
+    if options.backend == "ray":
+        from virnucpro.engine.ray_backend import RayBackend
+
+        return RayBackend(options.devices, make_config, max_retries=options.max_retries,
+                          worker_timeout=options.worker_timeout, address=options.ray_address)
+    if options.backend != "local":
+        raise VirnucproError(f"--backend must be local or ray, not {options.backend!r}")
+    return LocalBackend(options.devices, make_config, max_retries=options.max_retries,
+                        worker_timeout=options.worker_timeout)
+
+
+def _compute(index, rd, spec, options, desc, run_number, started, timings) -> RunOutcome:
+    unit_files = _unit_files(rd)
+    done, failed = committed_positions(unit_files, len(index))
+    units, todo, unit_tokens = _plan(index, spec, options, np.concatenate([done, failed]),
+                                     run_number)
+    outcome = RunOutcome(planned=len(units), todo=len(todo), reused=len(unit_files))
+    log.info("%d sequences, %d units (%d tokens each), %d unit files reused, %d to compute on "
+             "%s", len(index), len(units), unit_tokens, len(unit_files), len(todo),
+             ",".join(options.devices) or "-")
     scheduler = Scheduler(todo, max_retries=options.max_retries)
-    progress = Progress(sum(len(u) for u in todo), desc=desc, quiet=options.quiet)
+    outcome.scheduler = scheduler
+    if not todo:
+        return outcome
 
     def make_config(rank: int, device: str) -> WorkerConfig:
-        return WorkerConfig(
-            rank=rank,
-            device=device,
-            threads=options.threads,
-            spec=spec,
-            index_dir=str(rd.index),
-            units_dir=str(rd.units),
-            log_path=str(rd.worker_log(rank)),
-            tokens_per_batch=options.tokens_per_batch,
-        )
+        return WorkerConfig(rank=rank, device=device, threads=options.threads, spec=spec,
+                            index_dir=str(rd.index), units_dir=str(rd.units),
+                            log_path=str(rd.worker_log(rank)),
+                            tokens_per_batch=options.tokens_per_batch)
 
-    backend = LocalBackend(
-        options.devices, make_config, max_retries=options.max_retries,
-        worker_timeout=options.worker_timeout,
-    )
-    compute_started = time.time()
+    backend = make_backend(options, make_config)
+    progress = Progress(sum(len(u) for u in todo), desc=desc, quiet=options.quiet)
     try:
-        workers = backend.run(scheduler, progress)
+        outcome.workers = backend.run(scheduler, progress)
     except Interrupted as exc:
-        progress.close()
-        _write_report(rd, _report(index, spec, options, units, todo, backend.workers, scheduler,
-                                  started, timings, status="interrupted"))
+        outcome.workers = backend.workers
+        _persist_failures(rd, scheduler)
+        report = build_report(index, spec, options, outcome, started, timings, status="interrupted")
+        atomic_write_json(rd.report, report)
         exc.work_dir = rd.work
         raise
     finally:
         progress.close()
-    timings["compute"] = time.time() - compute_started
-    return _finish(index, rd, spec, options, units, todo, workers, scheduler, backend,
-                   started, timings, reused)
+    outcome.outputs = backend.outputs
+    _persist_failures(rd, scheduler)
+    outcome.missing, outcome.missing_reasons = scheduler.lost_positions("missing")
+    return outcome
 
 
-def _finish(index, rd, spec, options, units, todo, workers, scheduler, backend, started,
-            timings, reused) -> JobResult:
-    unit_files = sorted(rd.units.glob("u*.h5"))
-    done, _ = committed_positions(unit_files, len(index))
-    lost_failed, failed_reasons = scheduler.lost_positions("failed")
-    lost_missing, missing_reasons = scheduler.lost_positions("missing")
-    unit_failed_pos, unit_failed_reasons = [], []
+def _unit_files(rd: RunDir) -> list[Path]:
+    return sorted(p for p in rd.units.glob("*.h5") if not p.name.startswith("."))
+
+
+def _persist_failures(rd: RunDir, scheduler: Scheduler) -> None:
+    """Isolated poison sequences are committed as failure records, so resume skips them."""
+    for lost in scheduler.lost:
+        if lost.kind != "failed":
+            continue
+        key = f"{lost.unit.key}-failed"
+        if (rd.units / f"{key}.h5").exists():
+            continue
+        write_unit(rd.units, UnitResult(
+            key=key, positions=np.zeros(0, np.int64), ids=[], lengths=np.zeros(0, np.int64),
+            truncated=np.zeros(0, bool), vectors={},
+            failed_positions=lost.unit.positions.astype(np.int64),
+            failed_reasons=[lost.reason] * len(lost.unit),
+        ))
+
+
+def _failed_rows(index, unit_files: list[Path]) -> tuple[np.ndarray, list[str]]:
+    positions: list[int] = []
+    reasons: list[str] = []
     for path in unit_files:
         unit = read_unit(path, verify=False)
-        unit_failed_pos.extend(unit.failed_positions.tolist())
-        unit_failed_reasons.extend(unit.failed_reasons)
-    failed_pos = np.concatenate([lost_failed, np.array(unit_failed_pos, np.int64)])
-    failed_why = failed_reasons + unit_failed_reasons
-    # Every input is accounted for: embedded + failed + missing == indexed, exactly once.
-    accounted = np.zeros(len(index), dtype=np.int64)
-    np.add.at(accounted, done, 1)
-    np.add.at(accounted, failed_pos, 1)
-    np.add.at(accounted, lost_missing, 1)
-    unaccounted = np.flatnonzero(accounted != 1)
-    if unaccounted.size:
+        positions.extend(unit.failed_positions.tolist())
+        reasons.extend(unit.failed_reasons)
+    return np.array(positions, dtype=np.int64), reasons
+
+
+def _account(index, done: np.ndarray, failed: np.ndarray, missing: np.ndarray) -> None:
+    """Every indexed sequence is exactly one of embedded, failed or missing."""
+    seen = np.zeros(len(index), dtype=np.int64)
+    for group in (done, failed, missing):
+        np.add.at(seen, group, 1)
+    bad = np.flatnonzero(seen != 1)
+    if bad.size:
         raise VirnucproError(
-            f"internal accounting error: {unaccounted.size} sequence(s) not accounted for exactly "
-            f"once (first: {index.ids[int(unaccounted[0])]}); the output was not written"
+            f"internal accounting error: {bad.size} sequence(s) not accounted for exactly once "
+            f"(first: {index.ids[int(bad[0])]}); the output was not written"
         )
-    failed_ranks = [w.rank for w in workers if w.status == "failed"]
-    partial = bool(failed_pos.size or lost_missing.size)
-    if lost_missing.size:
-        _tsv(rd.missing, "id\treason",
-             [(index.ids[p], r) for p, r in sorted(zip(lost_missing.tolist(), missing_reasons))])
-    if failed_pos.size:
-        _tsv(rd.failed, "id\treason",
-             [(index.ids[p], r) for p, r in sorted(zip(failed_pos.tolist(), failed_why))])
+
+
+def _finish_shard(index, rd, state, spec, options, outcome, started, timings) -> JobResult:
+    i, n = options.shard
+    stride = index.stride(i, n)
+    done, failed = committed_positions(_unit_files(rd), len(index))
+    in_shard = np.zeros(len(index), bool)
+    in_shard[stride] = True
+    embedded, n_failed = int(in_shard[done].sum()), int(in_shard[failed].sum())
+    missing = outcome.missing
+    status = "partial" if (missing.size or n_failed) else "complete"
+    counts = {"expected": int(stride.size), "embedded": embedded, "failed": n_failed,
+              "missing": int(missing.size)}
+    state.write_shard(options.shard, status, missing, outcome.missing_reasons, counts)
+    report = build_report(index, spec, options, outcome, started, timings, status=f"shard {status}")
+    report["counts"].update(counts)
+    atomic_write_json(rd.root / f"run.shard{i}of{n}.json", report)
+    failed_ranks = [w.rank for w in outcome.workers if w.status == "failed"]
+    return JobResult(None, 2 if status == "partial" else 0, int(stride.size), embedded,
+                     int(missing.size), n_failed, failed_ranks, report)
+
+
+def _finish(index, rd, state, spec, options, outcome, started, timings, runs) -> JobResult:
+    unit_files = _unit_files(rd)
+    done, _ = committed_positions(unit_files, len(index))
+    failed_pos, failed_why = _failed_rows(index, unit_files)
+    missing = outcome.missing
+    _account(index, done, failed_pos, missing)
+    partial = bool(failed_pos.size or missing.size)
+    for path, positions, reasons in ((rd.missing, missing, outcome.missing_reasons),
+                                     (rd.failed, failed_pos, failed_why)):
+        if positions.size:
+            rows = sorted(zip(positions.tolist(), reasons))
+            _tsv(path, "id\treason", [(index.ids[p], r) for p, r in rows])
+        else:
+            path.unlink(missing_ok=True)
     status = "partial" if partial else "complete"
-    report = _report(index, spec, options, units, todo, workers, scheduler, started, timings,
-                     status=status, reused=reused, embedded=int(done.size),
-                     missing=int(lost_missing.size), failed=int(failed_pos.size))
+    report = build_report(index, spec, options, outcome, started, timings, status=status,
+                          embedded=int(done.size), missing=int(missing.size),
+                          failed=int(failed_pos.size))
     if partial and options.strict:
         report["status"] = "failed (strict)"
-        _write_report(rd, report)
+        atomic_write_json(rd.report, report)
         raise VirnucproError(
-            f"{lost_missing.size} sequence(s) missing and {failed_pos.size} failed "
-            f"(see {rd.missing.name} / {rd.failed.name}); --strict: no output written"
+            f"{missing.size} sequence(s) missing and {failed_pos.size} failed (see "
+            f"{rd.missing.name} / {rd.failed.name}); --strict: no output written"
         )
-    if not unit_files and not backend.outputs:
-        _write_report(rd, report)
-        reasons = "; ".join(d for w in workers for d in w.deaths[-1:]) or "no worker started"
+    outputs, dim = _output_shape(unit_files, outcome)
+    if outputs is None:
+        atomic_write_json(rd.report, report)
+        reasons = "; ".join(d for w in outcome.workers for d in w.deaths[-1:]) or "no worker started"
         raise VirnucproError(f"no sequence could be embedded: {reasons}")
-    outputs, dim = _output_shape(unit_files, backend)
     merge_started = time.time()
-    attrs = _attributes(index, spec, workers)
     result = merge_units(index, unit_files, rd.output, outputs=outputs, dim=dim,
-                         per_token=spec.per_token, attrs=attrs)
+                         per_token=spec.per_token, attrs=attributes(index, spec, outcome.workers))
     timings["merge"] = time.time() - merge_started
-    report["timings_s"] = timings
     report["counts"]["truncated"] = result.truncated
     report["outputs"] = {"embeddings": str(rd.output), "datasets": outputs, "dim": dim}
-    _write_report(rd, report)
-    atomic_write_json(rd.job, {"status": status, "job": _job_description(index, spec, options, units, report["parameters"]["unit_tokens"]),
-                               "version": __version__, "report": report})
+    atomic_write_json(rd.report, report)
+    state.write(describe_job(index, spec), spec, status, runs=runs, report=report)
     if not partial:
         shutil.rmtree(rd.units, ignore_errors=True)
-        rd.missing.unlink(missing_ok=True)
-        rd.failed.unlink(missing_ok=True)
+    failed_ranks = [w.rank for w in outcome.workers if w.status == "failed"]
     return JobResult(rd.output, 2 if partial else 0, len(index), int(done.size),
-                     int(lost_missing.size), int(failed_pos.size), failed_ranks, report)
+                     int(missing.size), int(failed_pos.size), failed_ranks, report)
 
 
-def _output_shape(unit_files: list[Path], backend) -> tuple[list[str], int]:
-    if backend.outputs:
-        return list(backend.outputs["outputs"]), int(backend.outputs["dim"])
+def _output_shape(unit_files: list[Path], outcome: RunOutcome) -> tuple[list[str] | None, int]:
+    if outcome.outputs:
+        return list(outcome.outputs["outputs"]), int(outcome.outputs["dim"])
     import h5py
 
-    with h5py.File(unit_files[0], "r") as f:
-        names = list(f["vectors"])
-        return names, int(f["vectors"][names[0]].shape[1])
-
-
-def _attributes(index, spec: EmbedderSpec, workers) -> dict:
-    import json
-
-    describe = next((w.info.get("describe") for w in workers if w.info.get("describe")), {}) or {}
-    dtypes = sorted({w.info.get("dtype") for w in workers if w.info.get("dtype")})
-    attrs = {
-        "virnucpro_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": spec.name,
-        "model_family": spec.family,
-        "model_revision": spec.revision or "",
-        "model_checksum": spec.checksum or "",
-        "layers": json.dumps(list(spec.layers)),
-        "precision": ",".join(dtypes) or spec.precision,
-        "input_files": json.dumps(
-            [{"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns} for f in index.files]
-        ),
-        "input_fingerprint": index.fingerprint(),
-    }
-    for key, value in describe.items():
-        attrs.setdefault(key, value if isinstance(value, (int, float, str)) else json.dumps(value))
-    return attrs
-
-
-def _report(index, spec, options, units, todo, workers, scheduler, started, timings, *,
-            status, reused=0, embedded=0, missing=0, failed=0) -> dict:
-    tokens = sum(w.tokens for w in workers)
-    slots = sum(w.slots for w in workers)
-    return {
-        "virnucpro_version": __version__,
-        "status": status,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": spec.fingerprint_fields(),
-        "inputs": index.describe(),
-        "parameters": {
-            "devices": options.devices,
-            "tokens_per_batch": options.tokens_per_batch,
-            "unit_tokens": options.unit_tokens
-            or default_unit_tokens(int(planning_tokens(spec, index.lengths).sum()),
-                                   options.tokens_per_batch),
-            "max_retries": options.max_retries,
-            "worker_timeout": options.worker_timeout,
-            "strict": options.strict,
-        },
-        "counts": {
-            "input_records": len(index) + len(index.skipped),
-            "skipped": len(index.skipped),
-            "expected": len(index),
-            "embedded": embedded,
-            "missing": missing,
-            "failed": failed,
-        },
-        "units": {
-            "planned": len(units),
-            "reused": reused,
-            "to_compute": len(todo),
-            "computed": len(scheduler.done),
-            "computed_keys": sorted(scheduler.done),
-            "retries": scheduler.retries,
-            "splits": scheduler.splits,
-        },
-        "workers": [w.report() for w in workers],
-        "failed_ranks": [w.rank for w in workers if w.status == "failed"],
-        "tokens": tokens,
-        "padded_slots": slots,
-        "padding_fraction": (slots - tokens) / slots if slots else 0.0,
-        "seconds": time.time() - started,
-        "tokens_per_second": tokens / timings["compute"] if timings.get("compute") else None,
-        "timings_s": timings,
-    }
-
-
-def _write_report(rd: RunDir, report: dict) -> None:
-    atomic_write_json(rd.report, report)
+    for path in unit_files:
+        with h5py.File(path, "r") as f:
+            names = list(f["vectors"])
+            if names:
+                return names, int(f["vectors"][names[0]].shape[1])
+    return None, 0

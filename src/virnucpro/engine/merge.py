@@ -32,19 +32,28 @@ class MergeResult:
 
 
 def committed_positions(unit_files: list[Path], n_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions computed, unit number of each) over all unit files; overlaps are an error."""
+    """(positions embedded, positions recorded as failed) over all unit files.
+
+    A position in two unit files is an error: every sequence is committed exactly once.
+    """
     owner = np.full(n_index, -1, dtype=np.int64)
+    failed: list[np.ndarray] = []
     for number, path in enumerate(unit_files):
-        positions = read_unit_positions(path)
-        clash = owner[positions] >= 0
+        positions, failed_here = read_unit_positions(path)
+        both = np.concatenate([positions, failed_here])
+        clash = owner[both] >= 0
         if clash.any():
-            other = unit_files[int(owner[positions[clash][0]])]
+            other = unit_files[int(owner[both[clash][0]])]
             raise ValidationError(
-                f"sequence position {int(positions[clash][0])} is in both {path.name} and {other.name}"
+                f"sequence position {int(both[clash][0])} is in both {path.name} and {other.name}"
             )
-        owner[positions] = number
-    done = np.flatnonzero(owner >= 0)
-    return done, owner[done]
+        owner[both] = number
+        failed.append(failed_here)
+    failed_all = np.sort(np.concatenate(failed)) if failed else np.zeros(0, np.int64)
+    is_failed = np.zeros(n_index, dtype=bool)
+    is_failed[failed_all] = True
+    done = np.flatnonzero((owner >= 0) & ~is_failed)
+    return done, failed_all
 
 
 def _contiguous(group: h5py.Group, name: str, shape: tuple[int, ...], dtype) -> h5py.Dataset:

@@ -135,7 +135,10 @@ def read_unit(path: Path, *, verify: bool = True) -> UnitResult:
     return result
 
 
-def read_unit_positions(path: Path) -> np.ndarray:
-    """Positions of a committed unit, without reading its vectors."""
-    with h5py.File(path, "r") as f:
-        return f["positions"][()]
+def read_unit_positions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(embedded positions, failed positions) of a committed unit, without its vectors."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f["positions"][()], f["failed_positions"][()]
+    except (OSError, KeyError) as exc:
+        raise ValidationError(f"unit file {path} is unreadable or incomplete: {exc}") from exc

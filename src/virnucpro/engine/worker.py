@@ -13,6 +13,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -45,7 +46,7 @@ class StopRequested(Exception):
     """The parent asked the worker to stop at the next batch boundary."""
 
 
-def _setup_logging(path: str, rank: int) -> logging.Logger:
+def setup_worker_logging(path: str, rank: int) -> logging.Logger:
     logger = logging.getLogger(f"virnucpro.worker.{rank}")
     logger.setLevel(logging.INFO)
     handler = logging.FileHandler(path)
@@ -58,23 +59,34 @@ def _setup_logging(path: str, rank: int) -> logging.Logger:
 class UnitRunner:
     """Embeds the sequences of units with token-budget batches, splitting on out-of-memory."""
 
-    def __init__(self, config: WorkerConfig, embedder: Embedder, conn: Connection, log) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        embedder: Embedder,
+        log: logging.Logger,
+        *,
+        on_batch: Callable[[str, int, int, int], None] = lambda *_: None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         from virnucpro.io.index import SequenceIndex
 
         self.config = config
         self.embedder = embedder
-        self.conn = conn
         self.log = log
+        self.on_batch = on_batch  # (unit key, sequences, real tokens, padded slots)
+        self.should_stop = should_stop  # checked at every batch boundary
         self.index = SequenceIndex.open(config.index_dir)
         self.hooks = TestHooks(config.rank)
         self.budget = config.tokens_per_batch
         self.oom_splits = 0
+        self.stats: dict = {}
 
-    def _check_stop(self) -> None:
-        if self.conn.poll():
-            message = self.conn.recv()
-            if message[0] == "stop":
-                raise StopRequested
+    def commit(self, key: str, positions: np.ndarray) -> int:
+        """Compute a unit and commit its file; returns the number of rows committed."""
+        result = self.run(key, positions)
+        write_unit(Path(self.config.units_dir), result)
+        self.log.info("unit %s committed: %s", key, self.stats)
+        return len(result)
 
     def run(self, key: str, positions: np.ndarray) -> UnitResult:
         started = time.perf_counter()
@@ -89,13 +101,14 @@ class UnitRunner:
         failures: list[tuple[int, str]] = []
         tokens = slots = 0
         for batch in token_budget_batches([len(e) for e in encoded], self.budget):
-            self._check_stop()
+            if self.should_stop():
+                raise StopRequested
             self._embed(batch, ids, encoded, vectors, per_token, ok, failures)
             real = sum(len(encoded[i]) for i in batch)
             width = max(len(encoded[i]) for i in batch) * len(batch)
             tokens += real
             slots += width
-            self.conn.send(("batch", key, len(batch), real, width))
+            self.on_batch(key, len(batch), real, width)
         keep = np.flatnonzero(ok)
         result = UnitResult(
             key=key,
@@ -149,20 +162,39 @@ class UnitRunner:
                 per_token[i] = output.per_token[j]
 
 
+def prepare_device(config: WorkerConfig) -> torch.device:
+    """Threads and device of a worker (shared by every backend)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def worker_main(config: WorkerConfig, conn: Connection) -> None:
     """Entry point of a worker process (spawned)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates shutdown
-    log = _setup_logging(config.log_path, config.rank)
+    log = setup_worker_logging(config.log_path, config.rank)
     log.info("worker %d started (pid %d) on %s", config.rank, os.getpid(), config.device)
     key = None
     try:
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        device = torch.device(config.device)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        embedder = load_embedder(config.spec, device)
-        runner = UnitRunner(config, embedder, conn, log)
+        embedder = load_embedder(config.spec, prepare_device(config))
+        stop_seen = []
+
+        def should_stop() -> bool:
+            while not stop_seen and conn.poll():
+                if conn.recv()[0] == "stop":
+                    stop_seen.append(True)
+            return bool(stop_seen)
+
+        runner = UnitRunner(
+            config,
+            embedder,
+            log,
+            on_batch=lambda *m: conn.send(("batch", *m)),
+            should_stop=should_stop,
+        )
         info = {
             "pid": os.getpid(),
             "device": config.device,
@@ -180,13 +212,11 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
             _, key, positions = message
             log.info("unit %s: %d sequences", key, len(positions))
             try:
-                result = runner.run(key, positions)
+                count = runner.commit(key, positions)
             except StopRequested:
                 log.info("stop requested during unit %s; it is not committed", key)
                 break
-            write_unit(Path(config.units_dir), result)
-            log.info("unit %s committed: %s", key, runner.stats)
-            conn.send(("done", key, len(result), runner.stats))
+            conn.send(("done", key, count, runner.stats))
             key = None
         conn.send(("stopped",))
         log.info("worker %d stopped", config.rank)
