@@ -70,6 +70,11 @@ def _cmd_predict(args) -> int:
     )
     result = run_predict(args.input, args.output_dir, options)
     c = result.counts
+    if "shard" in c:
+        print(f"shard {c['shard']} of both embedding stages done in {args.output_dir}; when every "
+              "shard is done, run the same command without --shard to merge and classify",
+              file=sys.stderr)
+        return result.exit_code
     print(
         f"{c['input_records']} records: {c['records_virus']} virus, {c['records_others']} others, "
         f"{c['records_no_call']} no call ({c['frames_scored']} frames scored) -> "

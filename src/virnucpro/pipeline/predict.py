@@ -143,6 +143,8 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
             timings[name] = time.time() - t
             stage_results[name] = result
             h5[name] = result.output
+        if options.engine.get("shard"):
+            return _shard_done(out_dir, options, stage_results, translated, timings, started)
         from virnucpro.io.index import SequenceIndex
 
         frame_ids = list(SequenceIndex.open(out_dir / "stages" / "esm2" / "work" / "index").ids)
@@ -174,6 +176,25 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
     }
     atomic_write_json(out_dir / "run.json", report)
     return PredictResult(2 if partial else 0, out_dir, report["counts"])
+
+
+def _shard_done(out_dir, options, stage_results, translated, timings, started) -> PredictResult:
+    """A ``--shard I/N`` run stops after its share of both embedding stages."""
+    shard = options.engine["shard"]
+    report = {
+        "virnucpro_version": __version__,
+        "command": "predict",
+        "status": f"shard {shard} done",
+        "counts": translated,
+        "stages": {name: {"exit_code": r.exit_code, "embedded": r.embedded, "expected": r.expected,
+                          "missing": r.missing, "failed": r.failed}
+                   for name, r in stage_results.items()},
+        "timings_s": {**timings, "total": time.time() - started},
+    }
+    safe = str(shard).replace("/", "of")
+    atomic_write_json(out_dir / f"run.shard{safe}.json", report)
+    code = 2 if any(r.exit_code for r in stage_results.values()) else 0
+    return PredictResult(code, out_dir, {**translated, "shard": str(shard)})
 
 
 def _sha256(path: Path) -> str:
