@@ -51,12 +51,11 @@ class Timings:
     tokens: dict[str, int] = field(default_factory=dict)
     details: dict[str, dict] = field(default_factory=dict)
 
-    def add(self, name: str, seconds: float, tokens: int, **details) -> None:
+    def add(self, name: str, seconds: float, tokens: int, details: dict | None = None) -> None:
         self.seconds.setdefault(name, []).append(seconds)
         self.tokens[name] = tokens
-        runs = self.details.setdefault(name, {})
-        if not runs or seconds <= min(self.seconds[name]):
-            runs.update(details)
+        if seconds <= min(self.seconds[name]):
+            self.details[name] = details or {}
 
     def rate(self, name: str) -> float:
         return self.tokens[name] / common.best(self.seconds[name])
@@ -201,7 +200,7 @@ def bench_geometry(key: str, fasta: Path, records, tmp: Path, args) -> dict:
         for workers in args.workers:
             run = run_end_to_end(fasta, tmp / f"{key}_w{workers}_r{repeat}", spec, workers,
                                  args.tokens_per_batch)
-            t.add(f"e2e_{workers}w", run.pop("seconds"), run["tokens"], **run)
+            t.add(f"e2e_{workers}w", run["seconds"], run["tokens"], run)
         t.add("bare", run_bare(embedder, batches), bare_tokens)
         seconds, plain_vectors = run_plain(plain, records)
         t.add("plain", seconds, bare_tokens)

@@ -159,6 +159,8 @@ def _configure_logging(args) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)  # run.log records INFO whatever the terminal shows
     root.propagate = False
+    if not args.verbose:  # download retries are noise; our own error names what is missing
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

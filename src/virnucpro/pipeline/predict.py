@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.errors import InputError, VirnucproError
+from virnucpro.errors import InputError, ModelError, VirnucproError
 from virnucpro.io.atomic import atomic_path, atomic_write_json
 from virnucpro.io.fasta import read_records
 from virnucpro.models.base import EmbedderSpec
@@ -98,10 +98,20 @@ def _resolve_models(options: PredictOptions):
     from virnucpro.models.classifier import load_classifier
     from virnucpro.models.registry import resolve_classifier
 
-    dnabert = resolve_model(options.dnabert_model, precision=options.precision,
-                            flag="--dnabert-model")
-    esm = resolve_model(options.esm_model, precision=options.precision, flag="--esm-model")
-    classifier_path = resolve_classifier(options.classifier, options.chunk_size, flag="--classifier")
+    resolved, problems = [], []
+    for resolve in (
+        lambda: resolve_model(options.dnabert_model, precision=options.precision,
+                              flag="--dnabert-model"),
+        lambda: resolve_model(options.esm_model, precision=options.precision, flag="--esm-model"),
+        lambda: resolve_classifier(options.classifier, options.chunk_size, flag="--classifier"),
+    ):
+        try:
+            resolved.append(resolve())
+        except ModelError as exc:  # name every missing model at once, not one per attempt
+            problems.append(str(exc))
+    if problems:
+        raise ModelError(" | ".join(problems))
+    dnabert, esm, classifier_path = resolved
     return dnabert, esm, classifier_path, load_classifier(classifier_path)
 
 
