@@ -15,7 +15,9 @@ SHARED = REPO.parent / "shared"
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run ``python -m virnucpro ARGS`` in a real process."""
     full_env = dict(os.environ)
     full_env.update(env or {})

@@ -14,7 +14,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import protein_records, run_cli, write_fasta
 
 ALPHABET = (
@@ -44,9 +43,24 @@ def read(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def embed_args(inputs: Path, out: Path, model: Path, workers: int, *extra: str) -> list[str]:
-    return ["embed", str(inputs), "-o", str(out), "--model", str(model), "--devices", "cpu",
-            "--workers", str(workers), "--tokens-per-batch", "512", "--unit-tokens", "600",
-            "--quiet", *extra]
+    return [
+        "embed",
+        str(inputs),
+        "-o",
+        str(out),
+        "--model",
+        str(model),
+        "--devices",
+        "cpu",
+        "--workers",
+        str(workers),
+        "--tokens-per-batch",
+        "512",
+        "--unit-tokens",
+        "600",
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +76,14 @@ def test_vectors_equal_reference(one_worker, tiny_esm_hf):
     records = protein_records()
     assert ids == [rid for rid, _ in records]  # input order
     reference = reference_vectors(tiny_esm_hf, records)
-    for rid, vector in zip(ids, vectors):
+    for rid, vector in zip(ids, vectors, strict=True):
         np.testing.assert_allclose(vector, reference[rid], atol=1e-5, rtol=0)
     with h5py.File(one_worker / "embeddings.h5", "r") as f:
-        truncated = dict(zip(ids, f["truncated"][()]))
+        truncated = dict(zip(ids, f["truncated"][()], strict=True))
         assert truncated["p_long"] and not truncated["p_one"]
         assert f.attrs["count"] == len(records)
         assert json.loads(f.attrs["layers"]) == [-1]
-        assert dict(zip(ids, f["lengths"][()]))["p_long"] == 1100
+        assert dict(zip(ids, f["lengths"][()], strict=True))["p_long"] == 1100
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -106,8 +120,10 @@ def _check_partial(out: Path, reference_dir: Path, expect_missing: set[str] | No
 
 def test_crash_hook_fails_rank_partial_output(one_worker, tmp_path, proteins, tiny_esm_hf):
     out = tmp_path / "crash"
-    result = run_cli(*embed_args(proteins, out, tiny_esm_hf, 2, "--max-retries", "0"),
-                     env={"VIRNUCPRO_TEST_CRASH_ID": "p007"})
+    result = run_cli(
+        *embed_args(proteins, out, tiny_esm_hf, 2, "--max-retries", "0"),
+        env={"VIRNUCPRO_TEST_CRASH_ID": "p007"},
+    )
     assert result.returncode == 2, result.stderr
     assert "missing.tsv" in result.stderr
     report = _check_partial(out, one_worker, {"p007"})
@@ -133,9 +149,17 @@ def _busy_worker_pid(log: Path) -> int:
 def test_real_sigkill_of_a_worker(one_worker, tmp_path, proteins, tiny_esm_hf):
     out = tmp_path / "killed"
     env = dict(os.environ, VIRNUCPRO_TEST_DELAY="1")  # every batch takes a second
-    proc = subprocess.Popen([sys.executable, "-m", "virnucpro",
-                             *embed_args(proteins, out, tiny_esm_hf, 2, "--max-retries", "0")],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "virnucpro",
+            *embed_args(proteins, out, tiny_esm_hf, 2, "--max-retries", "0"),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     os.kill(_busy_worker_pid(out / "logs" / "worker_1.log"), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2, stderr
@@ -155,11 +179,13 @@ def test_api_failed_ranks_and_raise(one_worker, tmp_path, proteins, tiny_esm_hf,
     assert output == tmp_path / "api" / "embeddings.h5" and len(failed) == 1
     _check_partial(tmp_path / "api", one_worker, {"p_one"})
     with pytest.raises(RuntimeError, match="rank"):
-        run_esm2_multi_gpu([proteins], tmp_path / "api2", world_size=2,
-                           model_name=str(tiny_esm_hf), **options)
+        run_esm2_multi_gpu(
+            [proteins], tmp_path / "api2", world_size=2, model_name=str(tiny_esm_hf), **options
+        )
     monkeypatch.delenv("VIRNUCPRO_TEST_CRASH_ID")
-    output = run_esm2_multi_gpu([proteins], tmp_path / "api3", world_size=1,
-                                model_name=str(tiny_esm_hf), **options)
+    output = run_esm2_multi_gpu(
+        [proteins], tmp_path / "api3", world_size=1, model_name=str(tiny_esm_hf), **options
+    )
     assert read(output)[0] == read(one_worker / "embeddings.h5")[0]
 
 

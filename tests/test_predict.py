@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, SHARED, run_cli
 
 FIXTURES = SHARED / "fixtures" / "original"
@@ -26,9 +25,24 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def predict_args(inputs: Path, out: Path, models: dict[str, Path], *extra: str) -> list[str]:
-    return ["predict", str(inputs), "-o", str(out), "--esm-model", str(models["esm"]),
-            "--dnabert-model", str(models["dnabert"]), "--classifier", str(models["classifier"]),
-            "--devices", "cpu", "--workers", "1", "--quiet", *extra]
+    return [
+        "predict",
+        str(inputs),
+        "-o",
+        str(out),
+        "--esm-model",
+        str(models["esm"]),
+        "--dnabert-model",
+        str(models["dnabert"]),
+        "--classifier",
+        str(models["classifier"]),
+        "--devices",
+        "cpu",
+        "--workers",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
@@ -107,7 +121,9 @@ def test_every_record_accounted_for(example_run):
     report = json.loads((example_run / "run.json").read_text())
     counts = report["counts"]
     assert counts["input_records"] == len(inputs)
-    assert counts["records_virus"] + counts["records_others"] + counts["records_no_call"] == len(inputs)
+    assert counts["records_virus"] + counts["records_others"] + counts["records_no_call"] == len(
+        inputs
+    )
     assert counts["frames_scored"] == counts["frames_kept"]
     assert report["models"]["classifier"]["sha256"]
 
@@ -135,7 +151,9 @@ def test_classifier_width_mismatch_is_a_clear_error(models, tmp_path):
     from virnucpro.models.classifier import write_original_format_classifier
 
     wrong = write_original_format_classifier(tmp_path / "3328.pth", 3328, hidden=16)
-    args = predict_args(FIXTURES / "test_with_orfs.fa", tmp_path / "o", {**models, "classifier": wrong})
+    args = predict_args(
+        FIXTURES / "test_with_orfs.fa", tmp_path / "o", {**models, "classifier": wrong}
+    )
     result = run_cli(*args)
     assert result.returncode == 1
     assert "expects 3328-d features" in result.stderr and "Traceback" not in result.stderr
@@ -144,37 +162,54 @@ def test_classifier_width_mismatch_is_a_clear_error(models, tmp_path):
 REAL = os.environ.get("VIRNUCPRO_REAL_MODELS")
 
 
-@pytest.mark.skipif(not REAL, reason="set VIRNUCPRO_REAL_MODELS to a folder with esm2_t36_3B_UR50D/, "
-                    "DNABERT-S/ and 500_model.pth to compare against the original's real outputs")
+@pytest.mark.skipif(
+    not REAL,
+    reason="set VIRNUCPRO_REAL_MODELS to a folder with esm2_t36_3B_UR50D/, "
+    "DNABERT-S/ and 500_model.pth to compare against the original's real outputs",
+)
 def test_real_models_match_original_outputs(tmp_path):
     import h5py
 
     real = Path(REAL)
     out = tmp_path / "real"
-    result = run_cli("predict", str(FIXTURES / "test_with_orfs.fa"), "-o", str(out),
-                     "--esm-model", str(real / "esm2_t36_3B_UR50D"),
-                     "--dnabert-model", str(real / "DNABERT-S"),
-                     "--classifier", str(real / "500_model.pth"), "--quiet", timeout=3600)
+    result = run_cli(
+        "predict",
+        str(FIXTURES / "test_with_orfs.fa"),
+        "-o",
+        str(out),
+        "--esm-model",
+        str(real / "esm2_t36_3B_UR50D"),
+        "--dnabert-model",
+        str(real / "DNABERT-S"),
+        "--classifier",
+        str(real / "500_model.pth"),
+        "--quiet",
+        timeout=3600,
+    )
     assert result.returncode == 0, result.stderr
     ref = FIXTURES / "real_model_outputs"
     dna_ref = torch.load(ref / "output_1_DNABERT_S.pt", weights_only=True)
     esm_ref = torch.load(ref / "output_1_ESM.pt", weights_only=True)
     expected = {
-        "dnabert_s": {i: np.array(d["mean_representation"]) for i, d in
-                      zip(dna_ref["nucleotide"], dna_ref["data"])},
-        "esm2": {i: t.numpy() for i, t in zip(esm_ref["proteins"], esm_ref["data"])},
+        "dnabert_s": {
+            i: np.array(d["mean_representation"])
+            for i, d in zip(dna_ref["nucleotide"], dna_ref["data"], strict=True)
+        },
+        "esm2": {i: t.numpy() for i, t in zip(esm_ref["proteins"], esm_ref["data"], strict=True)},
     }
     for stage, vectors in expected.items():
         with h5py.File(out / "stages" / stage / "embeddings.h5", "r") as f:
-            ours = dict(zip([s.decode() for s in f["ids"][()]], f["embeddings"][()]))
+            ours = dict(zip([s.decode() for s in f["ids"][()]], f["embeddings"][()], strict=True))
         for frame, vector in vectors.items():
             cosine = vector @ ours[frame] / np.linalg.norm(vector) / np.linalg.norm(ours[frame])
             assert cosine >= 0.999, (stage, frame, cosine)
     rows = read_tsv(out / "prediction_results.txt")
     original = read_tsv(ref / "prediction_results.txt")
     assert [(r["Sequence_ID"], r["Prediction"]) for r in rows] == [
-        (r["Sequence_ID"], r["Prediction"]) for r in original]
-    for ours_row, theirs in zip(rows, original):
+        (r["Sequence_ID"], r["Prediction"]) for r in original
+    ]
+    for ours_row, theirs in zip(rows, original, strict=True):
         assert abs(float(ours_row["score2"]) - float(theirs["score2"])) < 1e-3
     assert (out / "prediction_results_highestscore.csv").read_text() == (
-        ref / "prediction_results_highestscore.csv").read_text()
+        ref / "prediction_results_highestscore.csv"
+    ).read_text()

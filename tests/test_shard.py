@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-
 from conftest import run_cli
 from test_engine import embed_args, read
 from test_predict import EXAMPLE, predict_args
@@ -31,7 +30,9 @@ def test_three_shards_then_merge_equal_a_single_run(tmp_path, proteins, tiny_esm
 def test_merge_with_a_missing_shard_names_it(tmp_path, proteins, tiny_esm_hf):
     out = tmp_path / "out"
     for i in (0, 2):
-        assert run_cli(*embed_args(proteins, out, tiny_esm_hf, 1, "--shard", f"{i}/3")).returncode == 0
+        assert (
+            run_cli(*embed_args(proteins, out, tiny_esm_hf, 1, "--shard", f"{i}/3")).returncode == 0
+        )
     result = run_cli("merge", str(out), "--quiet")
     assert result.returncode == 1
     assert "1/3" in result.stderr and "missing" in result.stderr
@@ -59,8 +60,11 @@ def test_predict_shards_then_final_run_equals_single_run(tmp_path):
         assert not (sharded / "prediction_results.txt").exists()
     result = run_cli(*predict_args(inputs, sharded, models))
     assert result.returncode == 0, result.stderr
-    for name in ("prediction_results.txt", "prediction_results_highestscore.csv",
-                 "virnucpro_summary.tsv"):
+    for name in (
+        "prediction_results.txt",
+        "prediction_results_highestscore.csv",
+        "virnucpro_summary.tsv",
+    ):
         ours = (sharded / name).read_text().splitlines()
         theirs = (single / name).read_text().splitlines()
         assert [line.split("\t")[0] for line in ours] == [line.split("\t")[0] for line in theirs]

@@ -26,7 +26,7 @@ def test_plan_does_not_depend_on_anything_but_data_and_budget():
     a = plan_units(order, lengths, 700)
     b = plan_units(order, lengths, 700)
     assert [u.key for u in a] == [u.key for u in b]
-    assert all(np.array_equal(x.positions, y.positions) for x, y in zip(a, b))
+    assert all(np.array_equal(x.positions, y.positions) for x, y in zip(a, b, strict=True))
 
 
 def test_default_unit_tokens_bounds():

@@ -21,7 +21,7 @@ def resolve_model(
     precision: str = "auto",
     flag: str = "--model",
 ) -> EmbedderSpec:
-    """Resolve and verify a model once, in the parent (ESM-2 name/hub id/folder/.pt, or DNABERT-S)."""
+    """Resolve and verify a model once, in the parent (ESM-2 or DNABERT-S)."""
     from virnucpro.models.dnabert_s import resolve_dnabert
     from virnucpro.models.registry import resolve_esm2
 
@@ -89,8 +89,9 @@ def embed(
         ray_address=ray_address,
         shard=shard,
     )
-    return run_embedding_job([Path(f) for f in fasta_files], Path(output_dir), spec, options,
-                             desc=desc)
+    return run_embedding_job(
+        [Path(f) for f in fasta_files], Path(output_dir), spec, options, desc=desc
+    )
 
 
 def merge(output_dir: str | Path, *, strict: bool = False, quiet: bool = True) -> JobResult:

@@ -17,35 +17,82 @@ def _layers(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"layers must be integers such as -1 or 6,12: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"layers must be integers such as -1 or 6,12: {text!r}"
+        ) from None
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--devices", default="auto",
-                   help="auto (every visible GPU, else CPU), cpu, or GPU numbers such as 0,1,3")
-    g.add_argument("--workers", type=int, default=None,
-                   help="number of CPU workers with --devices cpu (threads are split between them)")
-    g.add_argument("--tokens-per-batch", type=int, default=None,
-                   help="token budget of a padded batch (default 4096 on CPU, 16384 on GPU)")
-    g.add_argument("--unit-tokens", type=int, default=None,
-                   help="tokens per work unit (default: about 1/16 of the job, 1 to 8 batches)")
-    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="auto: fp32 on CPU, bf16 (or fp16) on GPU")
-    g.add_argument("--max-retries", type=int, default=3,
-                   help="retries of a unit whose worker died; 0 reports its sequences missing")
-    g.add_argument("--worker-timeout", type=float, default=900.0,
-                   help="seconds without a heartbeat before a busy worker is killed (0: never)")
-    g.add_argument("--strict", action="store_true",
-                   help="fail (exit 1, no output) instead of writing a partial result")
-    g.add_argument("--restart", action="store_true",
-                   help="discard the results of an earlier run in the output directory")
-    g.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local worker processes, or Ray actors (pip install virnucpro[ray])")
-    g.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
-                   help="Ray cluster to join with --backend ray (default: start a local one)")
-    g.add_argument("--shard", default=None, metavar="I/N",
-                   help="compute only stride shard I of N (job arrays); then `virnucpro merge`")
+    g.add_argument(
+        "--devices",
+        default="auto",
+        help="auto (every visible GPU, else CPU), cpu, or GPU numbers such as 0,1,3",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="number of CPU workers with --devices cpu (threads are split between them)",
+    )
+    g.add_argument(
+        "--tokens-per-batch",
+        type=int,
+        default=None,
+        help="token budget of a padded batch (default 4096 on CPU, 16384 on GPU)",
+    )
+    g.add_argument(
+        "--unit-tokens",
+        type=int,
+        default=None,
+        help="tokens per work unit (default: about 1/16 of the job, 1 to 8 batches)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default="auto",
+        help="auto: fp32 on CPU, bf16 (or fp16) on GPU",
+    )
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        help="retries of a unit whose worker died; 0 reports its sequences missing",
+    )
+    g.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=900.0,
+        help="seconds without a heartbeat before a busy worker is killed (0: never)",
+    )
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 1, no output) instead of writing a partial result",
+    )
+    g.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the results of an earlier run in the output directory",
+    )
+    g.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local worker processes, or Ray actors (pip install virnucpro[ray])",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="Ray cluster to join with --backend ray (default: start a local one)",
+    )
+    g.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="compute only stride shard I of N (job arrays); then `virnucpro merge`",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,33 +104,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     verbosity = common.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="no progress bar, errors only")
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, errors only"
+    )
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    embed = sub.add_parser("embed", parents=[common], help="FASTA in, one validated HDF5 of embeddings out",
-                           description="Embed protein (ESM-2) or DNA (DNABERT-S) sequences into "
-                           "OUT_DIR/embeddings.h5. Exit 0: complete; 2: partial (see missing.tsv "
-                           "and failed.tsv); 1: error.")
-    embed.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                       help="FASTA/FASTQ files, plain or gzip")
+    embed = sub.add_parser(
+        "embed",
+        parents=[common],
+        help="FASTA in, one validated HDF5 of embeddings out",
+        description="Embed protein (ESM-2) or DNA (DNABERT-S) sequences into "
+        "OUT_DIR/embeddings.h5. Exit 0: complete; 2: partial (see missing.tsv "
+        "and failed.tsv); 1: error.",
+    )
+    embed.add_argument(
+        "inputs", nargs="+", type=Path, metavar="INPUT", help="FASTA/FASTQ files, plain or gzip"
+    )
     embed.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
-    embed.add_argument("--model", default="esm2_t36_3B_UR50D",
-                       help="fair-esm name, hub id, Hugging Face folder or fair-esm .pt "
-                       "(default esm2_t36_3B_UR50D); DNABERT-S by hub id or folder")
-    embed.add_argument("--layers", type=_layers, default=(-1,),
-                       help="layers to pool, comma separated, negative from the end (default -1)")
+    embed.add_argument(
+        "--model",
+        default="esm2_t36_3B_UR50D",
+        help="fair-esm name, hub id, Hugging Face folder or fair-esm .pt "
+        "(default esm2_t36_3B_UR50D); DNABERT-S by hub id or folder",
+    )
+    embed.add_argument(
+        "--layers",
+        type=_layers,
+        default=(-1,),
+        help="layers to pool, comma separated, negative from the end (default -1)",
+    )
     embed.add_argument("--per-token", action="store_true", help="also store per-residue vectors")
     _add_engine_options(embed)
     embed.set_defaults(handler=_cmd_embed)
 
-    merge = sub.add_parser("merge", parents=[common], help="merge the --shard I/N runs of OUT_DIR",
-                           description="Merge and validate the shards computed with --shard I/N "
-                           "into OUT_DIR/embeddings.h5; names the shards that are missing.")
+    merge = sub.add_parser(
+        "merge",
+        parents=[common],
+        help="merge the --shard I/N runs of OUT_DIR",
+        description="Merge and validate the shards computed with --shard I/N "
+        "into OUT_DIR/embeddings.h5; names the shards that are missing.",
+    )
     merge.add_argument("output_dir", type=Path, metavar="OUT_DIR")
-    merge.add_argument("--strict", action="store_true",
-                       help="fail instead of writing a partial result")
+    merge.add_argument(
+        "--strict", action="store_true", help="fail instead of writing a partial result"
+    )
     merge.set_defaults(handler=_cmd_merge)
 
     from virnucpro.pipeline.cli_commands import add_pipeline_commands
@@ -112,8 +178,13 @@ def engine_kwargs(args) -> dict:
 def _cmd_embed(args) -> int:
     from virnucpro.api import embed, resolve_model
 
-    spec = resolve_model(str(args.model), layers=args.layers, per_token=args.per_token,
-                         precision=args.precision, flag="--model")
+    spec = resolve_model(
+        str(args.model),
+        layers=args.layers,
+        per_token=args.per_token,
+        precision=args.precision,
+        flag="--model",
+    )
     result = embed(args.inputs, args.output_dir, spec, **engine_kwargs(args))
     return report_result(result, args.output_dir)
 
@@ -128,20 +199,28 @@ def _cmd_merge(args) -> int:
 def report_result(result, out_dir: Path) -> int:
     """Print the closing line(s) of an engine run and return its exit code."""
     if result.output is None:  # a shard run: nothing merged yet
-        print(f"shard done: {result.embedded} of {result.expected} sequences of this shard "
-              f"embedded in {out_dir}; when every shard is done, run `virnucpro merge {out_dir}`",
-              file=sys.stderr)
+        print(
+            f"shard done: {result.embedded} of {result.expected} sequences of this shard "
+            f"embedded in {out_dir}; when every shard is done, run `virnucpro merge {out_dir}`",
+            file=sys.stderr,
+        )
         return result.exit_code
     if result.exit_code == EXIT_OK:
-        print(f"embedded {result.embedded} of {result.expected} sequences -> {result.output}",
-              file=sys.stderr)
+        print(
+            f"embedded {result.embedded} of {result.expected} sequences -> {result.output}",
+            file=sys.stderr,
+        )
         return EXIT_OK
     where = []
     if result.missing:
         where.append(f"{result.missing} missing (listed in {out_dir / 'missing.tsv'})")
     if result.failed:
         where.append(f"{result.failed} failed (listed in {out_dir / 'failed.tsv'})")
-    ranks = f"; failed rank(s): {', '.join(map(str, result.failed_ranks))}" if result.failed_ranks else ""
+    ranks = (
+        f"; failed rank(s): {', '.join(map(str, result.failed_ranks))}"
+        if result.failed_ranks
+        else ""
+    )
     print(
         f"warning: partial result: {result.embedded} of {result.expected} sequences embedded -> "
         f"{result.output}; {'; '.join(where)}{ranks}",
@@ -173,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except Interrupted as exc:
         work = getattr(exc, "work_dir", "the output directory")
-        print(f"interrupted by {exc}; committed work is kept in {work}. "
-              "Run the same command again to resume.", file=sys.stderr)
+        print(
+            f"interrupted by {exc}; committed work is kept in {work}. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
         return exc.exit_code
     except VirnucproError as exc:
         if args.debug:
@@ -189,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001
         if args.debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (this is a bug; re-run with --debug "
-              "for the traceback and report it)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (this is a bug; re-run with --debug "
+            "for the traceback and report it)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR

@@ -101,7 +101,9 @@ class _RunLog:
 
     def __init__(self, rd: RunDir) -> None:
         self.handler = logging.FileHandler(rd.logs / "run.log")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        self.handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        )
         self.logger = logging.getLogger("virnucpro")
 
     def __enter__(self) -> None:
@@ -115,7 +117,11 @@ class _RunLog:
 
 
 def run_embedding_job(
-    files: list[Path], out_dir: Path, spec: EmbedderSpec, options: EngineOptions, *,
+    files: list[Path],
+    out_dir: Path,
+    spec: EmbedderSpec,
+    options: EngineOptions,
+    *,
     desc: str = "embedding",
 ) -> JobResult:
     """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir)."""
@@ -124,8 +130,11 @@ def run_embedding_job(
     with _RunLog(rd):
         timings = {"index": time.time() - started}
         if index.skipped:
-            _tsv(rd.skipped, "id\tfile\tline\treason",
-                 [(s.id, s.file, s.line, s.reason) for s in index.skipped])
+            _tsv(
+                rd.skipped,
+                "id\tfile\tline\treason",
+                [(s.id, s.file, s.line, s.reason) for s in index.skipped],
+            )
         state = JobState(rd)
         description = describe_job(index, spec)
         state.check(description, options.restart)
@@ -157,17 +166,29 @@ def merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> Jo
         outcome = RunOutcome()
         records = state.shard_records()
         for record in records:
-            outcome.missing = np.concatenate([outcome.missing,
-                                              np.array(record["missing_positions"], np.int64)])
+            outcome.missing = np.concatenate(
+                [outcome.missing, np.array(record["missing_positions"], np.int64)]
+            )
             outcome.missing_reasons += record["missing_reasons"]
         covered = np.zeros(len(index), bool)
         covered[done] = covered[failed] = True
         covered[outcome.missing] = True
         if not covered.all():
-            raise VirnucproError(_missing_shards_message(records, int((~covered).sum()), len(index)))
+            raise VirnucproError(
+                _missing_shards_message(records, int((~covered).sum()), len(index))
+            )
         options = EngineOptions(devices=[], strict=strict, quiet=quiet)
-        return _finish(index, rd, state, spec, options, outcome, started,
-                       {"index": time.time() - started}, state.runs)
+        return _finish(
+            index,
+            rd,
+            state,
+            spec,
+            options,
+            outcome,
+            started,
+            {"index": time.time() - started},
+            state.runs,
+        )
 
 
 def _missing_shards_message(records: list[dict], uncovered: int, total: int) -> str:
@@ -183,14 +204,17 @@ def _missing_shards_message(records: list[dict], uncovered: int, total: int) -> 
     if unfinished:
         parts.append(f"shard(s) {', '.join(unfinished)} did not finish")
     detail = "; ".join(parts) or "some units are not committed"
-    return (f"cannot merge: {detail} ({uncovered} of {total} sequences not computed); run them "
-            "with --shard I/N, then merge again")
+    return (
+        f"cannot merge: {detail} ({uncovered} of {total} sequences not computed); run them "
+        "with --shard I/N, then merge again"
+    )
 
 
 def _plan(index, spec, options: EngineOptions, done_or_failed: np.ndarray, run_number: int):
     costs = planning_tokens(spec, index.lengths)
-    unit_tokens = options.unit_tokens or default_unit_tokens(int(costs.sum()),
-                                                             options.tokens_per_batch)
+    unit_tokens = options.unit_tokens or default_unit_tokens(
+        int(costs.sum()), options.tokens_per_batch
+    )
     if options.shard is None:
         units = plan_units(index.order, costs, unit_tokens)
         prefix = "u"
@@ -215,33 +239,55 @@ def make_backend(options: EngineOptions, make_config):
     if options.backend == "ray":
         from virnucpro.engine.ray_backend import RayBackend
 
-        return RayBackend(options.devices, make_config, max_retries=options.max_retries,
-                          worker_timeout=options.worker_timeout, address=options.ray_address)
+        return RayBackend(
+            options.devices,
+            make_config,
+            max_retries=options.max_retries,
+            worker_timeout=options.worker_timeout,
+            address=options.ray_address,
+        )
     if options.backend != "local":
         raise VirnucproError(f"--backend must be local or ray, not {options.backend!r}")
-    return LocalBackend(options.devices, make_config, max_retries=options.max_retries,
-                        worker_timeout=options.worker_timeout)
+    return LocalBackend(
+        options.devices,
+        make_config,
+        max_retries=options.max_retries,
+        worker_timeout=options.worker_timeout,
+    )
 
 
 def _compute(index, rd, spec, options, desc, run_number, started, timings) -> RunOutcome:
     unit_files = _unit_files(rd)
     done, failed = committed_positions(unit_files, len(index))
-    units, todo, unit_tokens = _plan(index, spec, options, np.concatenate([done, failed]),
-                                     run_number)
+    units, todo, unit_tokens = _plan(
+        index, spec, options, np.concatenate([done, failed]), run_number
+    )
     outcome = RunOutcome(planned=len(units), todo=len(todo), reused=len(unit_files))
-    log.info("%d sequences, %d units (%d tokens each), %d unit files reused, %d to compute on "
-             "%s", len(index), len(units), unit_tokens, len(unit_files), len(todo),
-             ",".join(options.devices) or "-")
+    log.info(
+        "%d sequences, %d units (%d tokens each), %d unit files reused, %d to compute on %s",
+        len(index),
+        len(units),
+        unit_tokens,
+        len(unit_files),
+        len(todo),
+        ",".join(options.devices) or "-",
+    )
     scheduler = Scheduler(todo, max_retries=options.max_retries)
     outcome.scheduler = scheduler
     if not todo:
         return outcome
 
     def make_config(rank: int, device: str) -> WorkerConfig:
-        return WorkerConfig(rank=rank, device=device, threads=options.threads, spec=spec,
-                            index_dir=str(rd.index), units_dir=str(rd.units),
-                            log_path=str(rd.worker_log(rank)),
-                            tokens_per_batch=options.tokens_per_batch)
+        return WorkerConfig(
+            rank=rank,
+            device=device,
+            threads=options.threads,
+            spec=spec,
+            index_dir=str(rd.index),
+            units_dir=str(rd.units),
+            log_path=str(rd.worker_log(rank)),
+            tokens_per_batch=options.tokens_per_batch,
+        )
 
     backend = make_backend(options, make_config)
     progress = Progress(sum(len(u) for u in todo), desc=desc, quiet=options.quiet)
@@ -274,12 +320,19 @@ def _persist_failures(rd: RunDir, scheduler: Scheduler) -> None:
         key = f"{lost.unit.key}-failed"
         if (rd.units / f"{key}.h5").exists():
             continue
-        write_unit(rd.units, UnitResult(
-            key=key, positions=np.zeros(0, np.int64), ids=[], lengths=np.zeros(0, np.int64),
-            truncated=np.zeros(0, bool), vectors={},
-            failed_positions=lost.unit.positions.astype(np.int64),
-            failed_reasons=[lost.reason] * len(lost.unit),
-        ))
+        write_unit(
+            rd.units,
+            UnitResult(
+                key=key,
+                positions=np.zeros(0, np.int64),
+                ids=[],
+                lengths=np.zeros(0, np.int64),
+                truncated=np.zeros(0, bool),
+                vectors={},
+                failed_positions=lost.unit.positions.astype(np.int64),
+                failed_reasons=[lost.reason] * len(lost.unit),
+            ),
+        )
 
 
 def _failed_rows(index, unit_files: list[Path]) -> tuple[np.ndarray, list[str]]:
@@ -314,15 +367,27 @@ def _finish_shard(index, rd, state, spec, options, outcome, started, timings) ->
     embedded, n_failed = int(in_shard[done].sum()), int(in_shard[failed].sum())
     missing = outcome.missing
     status = "partial" if (missing.size or n_failed) else "complete"
-    counts = {"expected": int(stride.size), "embedded": embedded, "failed": n_failed,
-              "missing": int(missing.size)}
+    counts = {
+        "expected": int(stride.size),
+        "embedded": embedded,
+        "failed": n_failed,
+        "missing": int(missing.size),
+    }
     state.write_shard(options.shard, status, missing, outcome.missing_reasons, counts)
     report = build_report(index, spec, options, outcome, started, timings, status=f"shard {status}")
     report["counts"].update(counts)
     atomic_write_json(rd.root / f"run.shard{i}of{n}.json", report)
     failed_ranks = [w.rank for w in outcome.workers if w.status == "failed"]
-    return JobResult(None, 2 if status == "partial" else 0, int(stride.size), embedded,
-                     int(missing.size), n_failed, failed_ranks, report)
+    return JobResult(
+        None,
+        2 if status == "partial" else 0,
+        int(stride.size),
+        embedded,
+        int(missing.size),
+        n_failed,
+        failed_ranks,
+        report,
+    )
 
 
 def _finish(index, rd, state, spec, options, outcome, started, timings, runs) -> JobResult:
@@ -332,17 +397,28 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
     missing = outcome.missing
     _account(index, done, failed_pos, missing)
     partial = bool(failed_pos.size or missing.size)
-    for path, positions, reasons in ((rd.missing, missing, outcome.missing_reasons),
-                                     (rd.failed, failed_pos, failed_why)):
+    for path, positions, reasons in (
+        (rd.missing, missing, outcome.missing_reasons),
+        (rd.failed, failed_pos, failed_why),
+    ):
         if positions.size:
-            rows = sorted(zip(positions.tolist(), reasons))
+            rows = sorted(zip(positions.tolist(), reasons, strict=True))
             _tsv(path, "id\treason", [(index.ids[p], r) for p, r in rows])
         else:
             path.unlink(missing_ok=True)
     status = "partial" if partial else "complete"
-    report = build_report(index, spec, options, outcome, started, timings, status=status,
-                          embedded=int(done.size), missing=int(missing.size),
-                          failed=int(failed_pos.size))
+    report = build_report(
+        index,
+        spec,
+        options,
+        outcome,
+        started,
+        timings,
+        status=status,
+        embedded=int(done.size),
+        missing=int(missing.size),
+        failed=int(failed_pos.size),
+    )
     if partial and options.strict:
         report["status"] = "failed (strict)"
         atomic_write_json(rd.report, report)
@@ -353,11 +429,20 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
     outputs, dim = _output_shape(unit_files, outcome)
     if outputs is None:
         atomic_write_json(rd.report, report)
-        reasons = "; ".join(d for w in outcome.workers for d in w.deaths[-1:]) or "no worker started"
+        reasons = (
+            "; ".join(d for w in outcome.workers for d in w.deaths[-1:]) or "no worker started"
+        )
         raise VirnucproError(f"no sequence could be embedded: {reasons}")
     merge_started = time.time()
-    result = merge_units(index, unit_files, rd.output, outputs=outputs, dim=dim,
-                         per_token=spec.per_token, attrs=attributes(index, spec, outcome.workers))
+    result = merge_units(
+        index,
+        unit_files,
+        rd.output,
+        outputs=outputs,
+        dim=dim,
+        per_token=spec.per_token,
+        attrs=attributes(index, spec, outcome.workers),
+    )
     timings["merge"] = time.time() - merge_started
     report["counts"]["truncated"] = result.truncated
     report["outputs"] = {"embeddings": str(rd.output), "datasets": outputs, "dim": dim}
@@ -366,8 +451,16 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
     if not partial:
         shutil.rmtree(rd.units, ignore_errors=True)
     failed_ranks = [w.rank for w in outcome.workers if w.status == "failed"]
-    return JobResult(rd.output, 2 if partial else 0, len(index), int(done.size),
-                     int(missing.size), int(failed_pos.size), failed_ranks, report)
+    return JobResult(
+        rd.output,
+        2 if partial else 0,
+        len(index),
+        int(done.size),
+        int(missing.size),
+        int(failed_pos.size),
+        failed_ranks,
+        report,
+    )
 
 
 def _output_shape(unit_files: list[Path], outcome: RunOutcome) -> tuple[list[str] | None, int]:

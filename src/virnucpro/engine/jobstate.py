@@ -72,8 +72,9 @@ class JobState:
 
     @property
     def complete(self) -> bool:
-        return bool(self.previous and self.previous.get("status") == "complete"
-                    and self.rd.output.exists())
+        return bool(
+            self.previous and self.previous.get("status") == "complete" and self.rd.output.exists()
+        )
 
     @property
     def runs(self) -> int:
@@ -85,10 +86,22 @@ class JobState:
         self.write(description, spec, "running", runs=number)
         return number
 
-    def write(self, description: dict, spec: EmbedderSpec, status: str, *, runs: int,
-              report: dict | None = None) -> None:
-        record = {"status": status, "job": description, "spec": asdict(spec), "runs": runs,
-                  "version": __version__}
+    def write(
+        self,
+        description: dict,
+        spec: EmbedderSpec,
+        status: str,
+        *,
+        runs: int,
+        report: dict | None = None,
+    ) -> None:
+        record = {
+            "status": status,
+            "job": description,
+            "spec": asdict(spec),
+            "runs": runs,
+            "version": __version__,
+        }
         if report is not None:
             record["report"] = report
         atomic_write_json(self.rd.job, record)
@@ -105,13 +118,25 @@ class JobState:
     def shard_path(self, shard: tuple[int, int]) -> Path:
         return self.shards_dir / f"{shard[0]}of{shard[1]}.json"
 
-    def write_shard(self, shard: tuple[int, int], status: str, missing: np.ndarray,
-                    reasons: list[str], counts: dict) -> None:
+    def write_shard(
+        self,
+        shard: tuple[int, int],
+        status: str,
+        missing: np.ndarray,
+        reasons: list[str],
+        counts: dict,
+    ) -> None:
         self.shards_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.shard_path(shard), {
-            "shard": list(shard), "status": status, "counts": counts,
-            "missing_positions": [int(p) for p in missing], "missing_reasons": reasons,
-        })
+        atomic_write_json(
+            self.shard_path(shard),
+            {
+                "shard": list(shard),
+                "status": status,
+                "counts": counts,
+                "missing_positions": [int(p) for p in missing],
+                "missing_reasons": reasons,
+            },
+        )
 
     def shard_records(self) -> list[dict]:
         if not self.shards_dir.exists():
@@ -124,7 +149,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise VirnucproError(f"--shard must look like I/N (for example 0/4), not {text!r}") from None
+        raise VirnucproError(
+            f"--shard must look like I/N (for example 0/4), not {text!r}"
+        ) from None
     if n < 1 or not 0 <= i < n:
         raise VirnucproError(f"--shard {text}: need 0 <= I < N")
     return i, n

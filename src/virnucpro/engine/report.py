@@ -33,8 +33,19 @@ def attributes(index, spec: EmbedderSpec, workers) -> dict:
     return attrs
 
 
-def build_report(index, spec: EmbedderSpec, options, outcome, started: float, timings: dict, *,
-                 status: str, embedded: int = 0, missing: int = 0, failed: int = 0) -> dict:
+def build_report(
+    index,
+    spec: EmbedderSpec,
+    options,
+    outcome,
+    started: float,
+    timings: dict,
+    *,
+    status: str,
+    embedded: int = 0,
+    missing: int = 0,
+    failed: int = 0,
+) -> dict:
     workers = outcome.workers
     scheduler = outcome.scheduler
     tokens = sum(w.tokens for w in workers)
@@ -73,7 +84,8 @@ def build_report(index, spec: EmbedderSpec, options, outcome, started: float, ti
             "retries": scheduler.retries if scheduler else 0,
             "splits": scheduler.splits if scheduler else 0,
             "failed_keys": sorted(x.unit.key for x in scheduler.lost if x.kind == "failed")
-            if scheduler else [],
+            if scheduler
+            else [],
         },
         "workers": [w.report() for w in workers],
         "failed_ranks": [w.rank for w in workers if w.status == "failed"],

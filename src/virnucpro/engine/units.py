@@ -40,7 +40,10 @@ class Unit:
 def default_unit_tokens(total_tokens: int, tokens_per_batch: int) -> int:
     """Unit size: about total/16, at least one batch, at most eight batches."""
     return int(
-        min(max(total_tokens // MIN_UNITS, tokens_per_batch), MAX_BATCHES_PER_UNIT * tokens_per_batch)
+        min(
+            max(total_tokens // MIN_UNITS, tokens_per_batch),
+            MAX_BATCHES_PER_UNIT * tokens_per_batch,
+        )
     )
 
 

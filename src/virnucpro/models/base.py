@@ -120,8 +120,8 @@ def planning_tokens(spec: EmbedderSpec, lengths: np.ndarray) -> np.ndarray:
     """Token cost of each sequence for planning units, without loading the model.
 
     ESM-2 is exact (residues, truncated at 1022, plus BOS/EOS). DNABERT-S's BPE averages
-    about 4 to 5 nucleotides per token, so ``ceil(length / 4) + 2`` (capped at 2048) slightly over-estimates; the
-    worker batches by the real token counts.
+    about 4 to 5 nucleotides per token, so ``ceil(length / 4) + 2`` (capped at 2048) slightly
+    over-estimates; the worker batches by the real token counts.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if spec.family == "esm2":

@@ -9,7 +9,9 @@ from pathlib import Path
 
 def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
     translate = sub.add_parser(
-        "translate", parents=[common], help="chunk reads/contigs and keep stop-free six-frame ORFs",
+        "translate",
+        parents=[common],
+        help="chunk reads/contigs and keep stop-free six-frame ORFs",
         description="Chunk every record (SPEC 1.1) and translate six frames (SPEC 1.2); writes "
         "OUT_DIR/{stem}_chunked{C}.fa, {stem}_identified_nucleotide.fa and "
         "{stem}_identified_protein.faa.",
@@ -38,7 +40,9 @@ def _cmd_translate(args) -> int:
 
 def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
     predict = sub.add_parser(
-        "predict", parents=[common], help="the VirNucPro pipeline: which reads/contigs are viral",
+        "predict",
+        parents=[common],
+        help="the VirNucPro pipeline: which reads/contigs are viral",
         description="Chunk, translate six frames, embed nucleotides with DNABERT-S and proteins "
         "with ESM-2, join by id, classify with the VirNucPro MLP. Writes the original "
         "prediction_results.txt and prediction_results_highestscore.csv, plus "
@@ -47,15 +51,30 @@ def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options
     )
     predict.add_argument("input", type=Path, metavar="INPUT", help="FASTA/FASTQ, plain or gzip")
     predict.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
-    predict.add_argument("--chunk-size", type=int, choices=[300, 500], default=500,
-                         help="chunk length; selects the matching original classifier (default 500)")
-    predict.add_argument("--esm-model", default="esm2_t36_3B_UR50D",
-                         help="ESM-2 name, hub id, folder or .pt (default esm2_t36_3B_UR50D)")
-    predict.add_argument("--dnabert-model", default="zhihan1996/DNABERT-S",
-                         help="DNABERT-S hub id or folder (default zhihan1996/DNABERT-S)")
-    predict.add_argument("--classifier", default=None, metavar="PATH",
-                         help="classifier: an original 300_model.pth/500_model.pth or our "
-                         "safetensors file (default: the original for --chunk-size)")
+    predict.add_argument(
+        "--chunk-size",
+        type=int,
+        choices=[300, 500],
+        default=500,
+        help="chunk length; selects the matching original classifier (default 500)",
+    )
+    predict.add_argument(
+        "--esm-model",
+        default="esm2_t36_3B_UR50D",
+        help="ESM-2 name, hub id, folder or .pt (default esm2_t36_3B_UR50D)",
+    )
+    predict.add_argument(
+        "--dnabert-model",
+        default="zhihan1996/DNABERT-S",
+        help="DNABERT-S hub id or folder (default zhihan1996/DNABERT-S)",
+    )
+    predict.add_argument(
+        "--classifier",
+        default=None,
+        metavar="PATH",
+        help="classifier: an original 300_model.pth/500_model.pth or our "
+        "safetensors file (default: the original for --chunk-size)",
+    )
     add_engine_options(predict)
     predict.set_defaults(handler=_cmd_predict)
 
@@ -65,15 +84,21 @@ def _cmd_predict(args) -> int:
     from virnucpro.pipeline.predict import PredictOptions, run_predict
 
     options = PredictOptions(
-        chunk_size=args.chunk_size, esm_model=args.esm_model, dnabert_model=args.dnabert_model,
-        classifier=args.classifier, precision=args.precision, engine=engine_kwargs(args),
+        chunk_size=args.chunk_size,
+        esm_model=args.esm_model,
+        dnabert_model=args.dnabert_model,
+        classifier=args.classifier,
+        precision=args.precision,
+        engine=engine_kwargs(args),
     )
     result = run_predict(args.input, args.output_dir, options)
     c = result.counts
     if "shard" in c:
-        print(f"shard {c['shard']} of both embedding stages done in {args.output_dir}; when every "
-              "shard is done, run the same command without --shard to merge and classify",
-              file=sys.stderr)
+        print(
+            f"shard {c['shard']} of both embedding stages done in {args.output_dir}; when every "
+            "shard is done, run the same command without --shard to merge and classify",
+            file=sys.stderr,
+        )
         return result.exit_code
     print(
         f"{c['input_records']} records: {c['records_virus']} virus, {c['records_others']} others, "
@@ -82,14 +107,18 @@ def _cmd_predict(args) -> int:
         file=sys.stderr,
     )
     if result.exit_code:
-        print(f"warning: {c['frames_unscored']} frame(s) could not be scored; see "
-              f"{args.output_dir / 'skipped.tsv'}", file=sys.stderr)
+        print(
+            f"warning: {c['frames_unscored']} frame(s) could not be scored; see "
+            f"{args.output_dir / 'skipped.tsv'}",
+            file=sys.stderr,
+        )
     return result.exit_code
 
 
 def add_selfcheck_command(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
     check = sub.add_parser(
-        "selfcheck", parents=[common],
+        "selfcheck",
+        parents=[common],
         help="offline machinery check: the whole pipeline with small random models",
         description="Runs `predict` end to end with small RANDOM models written in the real file "
         "formats (Hugging Face folders, tokenizer.json, an original-format pickled classifier). "

@@ -58,7 +58,9 @@ def joined_features(
     for frame in frame_ids:
         in_dna, in_protein = frame in dna.row, frame in protein.row
         if not (in_dna and in_protein):
-            missing = [name for name, ok in (("DNABERT-S", in_dna), ("ESM-2", in_protein)) if not ok]
+            missing = [
+                name for name, ok in (("DNABERT-S", in_dna), ("ESM-2", in_protein)) if not ok
+            ]
             unscored[frame] = f"no {' and no '.join(missing)} embedding"
 
     def blocks() -> Iterator[FeatureBlock]:

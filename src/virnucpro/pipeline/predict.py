@@ -54,8 +54,13 @@ def _stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool
     """Translate once; reuse the outputs while the input and chunk size are unchanged."""
     marker = stage / "done.json"
     stat = input_path.stat()
-    key = {"input": str(input_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-           "chunk_size": chunk_size, "version": __version__}
+    key = {
+        "input": str(input_path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "chunk_size": chunk_size,
+        "version": __version__,
+    }
     paths = output_paths(input_path, stage, chunk_size)
     records_tsv = stage / "records.tsv"
     if marker.exists():
@@ -66,13 +71,18 @@ def _stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool
     from tqdm import tqdm
 
     with tqdm(desc="translate", unit="rec", disable=quiet or None, file=sys.stderr) as bar:
-        result: TranslateResult = translate_file(input_path, stage, chunk_size,
-                                                 records_tsv=records_tsv, progress=bar.update)
+        result: TranslateResult = translate_file(
+            input_path, stage, chunk_size, records_tsv=records_tsv, progress=bar.update
+        )
     summary = {
-        "records": result.records, "empty_records": result.empty_records,
-        "chunks": result.chunks, "chunks_without_frame": result.chunks_without_frame,
-        "frames_kept": result.frames_kept, "bases": result.bases,
-        "non_acgtn": result.non_acgtn, "non_acgtn_chars": dict(result.non_acgtn_chars),
+        "records": result.records,
+        "empty_records": result.empty_records,
+        "chunks": result.chunks,
+        "chunks_without_frame": result.chunks_without_frame,
+        "frames_kept": result.frames_kept,
+        "bases": result.bases,
+        "non_acgtn": result.non_acgtn,
+        "non_acgtn_chars": dict(result.non_acgtn_chars),
     }
     atomic_write_json(marker, {"key": key, "result": summary})
     return summary, paths, records_tsv, False
@@ -86,8 +96,9 @@ def _read_records_table(path: Path, input_path: Path) -> list[tuple[str, int, in
         next(reader)
         for number, (rid, length, chunks, kept) in enumerate(reader, start=1):
             if rid in seen:
-                raise InputError(f"{input_path}: duplicate record id {rid!r} (records {seen[rid]} "
-                                 f"and {number})")
+                raise InputError(
+                    f"{input_path}: duplicate record id {rid!r} (records {seen[rid]} and {number})"
+                )
             seen[rid] = number
             rows.append((rid, int(length), int(chunks), int(kept)))
     return rows
@@ -100,8 +111,9 @@ def _resolve_models(options: PredictOptions):
 
     resolved, problems = [], []
     for resolve in (
-        lambda: resolve_model(options.dnabert_model, precision=options.precision,
-                              flag="--dnabert-model"),
+        lambda: resolve_model(
+            options.dnabert_model, precision=options.precision, flag="--dnabert-model"
+        ),
         lambda: resolve_model(options.esm_model, precision=options.precision, flag="--esm-model"),
         lambda: resolve_classifier(options.classifier, options.chunk_size, flag="--classifier"),
     ):
@@ -135,7 +147,8 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
         t = time.time()
         quiet = bool(options.engine.get("quiet"))
         translated, (chunked, nucleotides, proteins), records_tsv, reused = _stage_translate(
-            input_path, out_dir / "stages" / "translate", options.chunk_size, quiet)
+            input_path, out_dir / "stages" / "translate", options.chunk_size, quiet
+        )
         records = _read_records_table(records_tsv, input_path)
         timings["translate"] = time.time() - t
     except VirnucproError:
@@ -146,8 +159,10 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
     h5 = {"dnabert_s": None, "esm2": None}
     frame_ids: list[str] = []
     if translated["frames_kept"]:
-        for name, fasta, spec, desc in (("dnabert_s", nucleotides, dnabert, "DNABERT-S"),
-                                        ("esm2", proteins, esm, "ESM-2")):
+        for name, fasta, spec, desc in (
+            ("dnabert_s", nucleotides, dnabert, "DNABERT-S"),
+            ("esm2", proteins, esm, "ESM-2"),
+        ):
             t = time.time()
             result = _embed_stage(fasta, out_dir / "stages" / name, spec, options.engine, desc)
             timings[name] = time.time() - t
@@ -168,20 +183,33 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
         "status": "partial" if partial else "complete",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": {"path": str(input_path.resolve()), "size": input_path.stat().st_size},
-        "parameters": {"chunk_size": options.chunk_size, "precision": options.precision,
-                       **{k: v for k, v in options.engine.items()}},
+        "parameters": {
+            "chunk_size": options.chunk_size,
+            "precision": options.precision,
+            **{k: v for k, v in options.engine.items()},
+        },
         "models": {
             "dnabert_s": dnabert.fingerprint_fields(),
             "esm2": esm.fingerprint_fields(),
-            "classifier": {"path": str(classifier_path), "sha256": _sha256(classifier_path),
-                           "input_dim": classifier.input_dim},
+            "classifier": {
+                "path": str(classifier_path),
+                "sha256": _sha256(classifier_path),
+                "input_dim": classifier.input_dim,
+            },
         },
         "counts": {**{"input_records": len(records)}, **translated, **counts},
         "translate_reused": reused,
-        "stages": {name: {"exit_code": r.exit_code, "embedded": r.embedded,
-                          "missing": r.missing, "failed": r.failed,
-                          "failed_ranks": r.failed_ranks, "report": str(out_dir / "stages" / name / "run.json")}
-                   for name, r in stage_results.items()},
+        "stages": {
+            name: {
+                "exit_code": r.exit_code,
+                "embedded": r.embedded,
+                "missing": r.missing,
+                "failed": r.failed,
+                "failed_ranks": r.failed_ranks,
+                "report": str(out_dir / "stages" / name / "run.json"),
+            }
+            for name, r in stage_results.items()
+        },
         "timings_s": {**timings, "total": time.time() - started},
     }
     atomic_write_json(out_dir / "run.json", report)
@@ -196,9 +224,16 @@ def _shard_done(out_dir, options, stage_results, translated, timings, started) -
         "command": "predict",
         "status": f"shard {shard} done",
         "counts": translated,
-        "stages": {name: {"exit_code": r.exit_code, "embedded": r.embedded, "expected": r.expected,
-                          "missing": r.missing, "failed": r.failed}
-                   for name, r in stage_results.items()},
+        "stages": {
+            name: {
+                "exit_code": r.exit_code,
+                "embedded": r.embedded,
+                "expected": r.expected,
+                "missing": r.missing,
+                "failed": r.failed,
+            }
+            for name, r in stage_results.items()
+        },
         "timings_s": {**timings, "total": time.time() - started},
     }
     safe = str(shard).replace("/", "of")
@@ -216,10 +251,13 @@ def _sha256(path: Path) -> str:
 def _classify_and_write(input_path, out_dir, chunked, records, frame_ids, h5, classifier):
     from virnucpro.models.classifier import check_feature_width
 
-    blocks, unscored, (dna_dim, protein_dim) = joined_features(frame_ids, h5["dnabert_s"], h5["esm2"])
+    blocks, unscored, (dna_dim, protein_dim) = joined_features(
+        frame_ids, h5["dnabert_s"], h5["esm2"]
+    )
     if frame_ids and len(unscored) < len(frame_ids):
-        check_feature_width(classifier, dna_dim + protein_dim,
-                            source=f"DNABERT-S {dna_dim} + ESM-2 {protein_dim}")
+        check_feature_width(
+            classifier, dna_dim + protein_dim, source=f"DNABERT-S {dna_dim} + ESM-2 {protein_dim}"
+        )
     frames_scored: dict[str, int] = {}
     with atomic_path(out_dir / tables.PREDICTIONS) as tmp, open(tmp, "w") as handle:
         writer = tables.PredictionWriter(handle)
@@ -244,7 +282,9 @@ def _classify_and_write(input_path, out_dir, chunked, records, frame_ids, h5, cl
                 handle.write(f">{record.header}\n{record.seq}\n")
                 written += 1
     if written != len(viral):
-        raise VirnucproError(f"internal accounting error: {len(viral)} viral records, {written} written")
+        raise VirnucproError(
+            f"internal accounting error: {len(viral)} viral records, {written} written"
+        )
     skipped_rows = _skipped_rows(chunked, records, writer, unscored)
     with atomic_path(out_dir / tables.SKIPPED) as tmp, open(tmp, "w") as handle:
         handle.write("id\tlevel\treason\n")
@@ -268,7 +308,9 @@ def _skipped_rows(chunked: Path, records, writer, unscored: dict[str, str]):
         if record.id in writer.chunks:
             continue
         if record.id in chunks_with_unscored:
-            rows.append((record.id, "chunk", "none of its frames could be embedded (see its frames)"))
+            rows.append(
+                (record.id, "chunk", "none of its frames could be embedded (see its frames)")
+            )
         else:
             rows.append((record.id, "chunk", "no stop-free frame in any of the six frames"))
     rows.extend((frame, "frame", reason) for frame, reason in unscored.items())

@@ -26,8 +26,9 @@ def write_random_models(folder: Path) -> dict[str, Path]:
         folder / "esm2_random", num_layers=2, hidden=32, heads=4, seed=0, use_transformers=False
     )
     dnabert = write_tiny_dnabert_s(folder / "dnabert_s_random", hidden=48, heads=12, seed=0)
-    classifier = write_original_format_classifier(folder / "500_model_random.pth", 48 + 32,
-                                                  hidden=64, seed=0)
+    classifier = write_original_format_classifier(
+        folder / "500_model_random.pth", 48 + 32, hidden=64, seed=0
+    )
     return {"esm": esm, "dnabert": dnabert, "classifier": classifier}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -48,7 +47,9 @@ class PredictionWriter:
     """Streams ``prediction_results.txt`` and keeps per-chunk and per-record maxima."""
 
     handle: object
-    chunks: dict[str, list[float]] = field(default_factory=dict)  # chunk -> [max score1, max score2]
+    chunks: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # chunk -> [max score1, max score2]
     rows: int = 0
 
     def __post_init__(self) -> None:
@@ -56,7 +57,7 @@ class PredictionWriter:
 
     def add(self, ids: list[str], probabilities: np.ndarray) -> None:
         lines = []
-        for frame, (others, virus) in zip(ids, probabilities.tolist()):
+        for frame, (others, virus) in zip(ids, probabilities.tolist(), strict=True):
             label = "virus" if virus > others else "others"
             lines.append(f"{frame}\t{label}\t{format_score(others)}\t{format_score(virus)}\n")
             best = self.chunks.setdefault(chunk_of(frame), [-1.0, -1.0])
@@ -85,17 +86,24 @@ class PredictionWriter:
         return scores
 
 
-def write_summary(handle, records: Iterable[tuple[str, int, int, int]],
-                  scores: dict[str, RecordScore], frames_scored: dict[str, int]) -> dict[str, int]:
+def write_summary(
+    handle,
+    records: Iterable[tuple[str, int, int, int]],
+    scores: dict[str, RecordScore],
+    frames_scored: dict[str, int],
+) -> dict[str, int]:
     """One row per input record; returns the number of records per call."""
-    handle.write("id\tlength\tchunks\tframes_kept\tframes_scored\tviral_chunks\t"
-                 "best_virus_score\tcall\n")
+    handle.write(
+        "id\tlength\tchunks\tframes_kept\tframes_scored\tviral_chunks\tbest_virus_score\tcall\n"
+    )
     counts = {"virus": 0, "others": 0, "no_call": 0}
     for rid, length, chunks, kept in records:
         score = scores.get(rid, RecordScore())
         score.frames_scored = frames_scored.get(rid, 0)
         best = format_score(score.best_virus) if score.frames_scored else "NA"
-        handle.write(f"{rid}\t{length}\t{chunks}\t{kept}\t{score.frames_scored}\t"
-                     f"{score.viral_chunks}\t{best}\t{score.call}\n")
+        handle.write(
+            f"{rid}\t{length}\t{chunks}\t{kept}\t{score.frames_scored}\t"
+            f"{score.viral_chunks}\t{best}\t{score.call}\n"
+        )
         counts[score.call] += 1
     return counts
