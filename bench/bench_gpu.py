@@ -67,16 +67,21 @@ def flops(cfg, batch: list[np.ndarray]) -> float:
     return cfg.num_layers * slots * (24 * d * d + 4 * width * d)
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_forward(embedder, batches, repeats: int = 2) -> float:
     for b in batches[:3]:
         embedder.forward(b)
-    torch.cuda.synchronize()
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         for b in batches:
             embedder.forward(b)
-        torch.cuda.synchronize()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -102,11 +107,22 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="datasheet dense bf16 peak")
     p.add_argument("--tokens-per-batch", default="16384,32768")
     p.add_argument("--skip-engine", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny geometry on CPU: checks the script")
     args = p.parse_args()
-    device = torch.device("cuda:0")
-    results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    results["measured_bf16_matmul_tflops"] = measured_peak() / 1e12
-    cfg = Esm2Config(num_layers=36, embed_dim=2560, heads=40, ffn_dim=4 * 2560)
+    if args.smoke:
+        device = torch.device("cpu")
+        results = {
+            "gpu": "none (smoke)",
+            "torch": torch.__version__,
+            "measured_bf16_matmul_tflops": 1.0,
+        }
+        cfg = Esm2Config(num_layers=2, embed_dim=64, heads=4, ffn_dim=256)
+        args.skip_engine = True
+    else:
+        device = torch.device("cuda:0")
+        results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+        results["measured_bf16_matmul_tflops"] = measured_peak() / 1e12
+        cfg = Esm2Config(num_layers=36, embed_dim=2560, heads=40, ffn_dim=4 * 2560)
     state = random_state(cfg, device)
     rows = []
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
@@ -136,7 +152,8 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
         del model, embedder
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     results["esm2_3B"] = rows
     if not args.skip_engine:
         results["engine"] = engine_vs_bare(device)
