@@ -23,7 +23,7 @@ def resolve_model(
 ) -> EmbedderSpec:
     """Resolve and verify a model once, in the parent (ESM-2 or DNABERT-S)."""
     from virnucpro.models.dnabert_s import resolve_dnabert
-    from virnucpro.models.registry import resolve_esm2
+    from virnucpro.models.hub import resolve_esm2
 
     if is_dnabert_source(model):
         return resolve_dnabert(model, precision=precision, flag=flag)

@@ -8,16 +8,12 @@ guessed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from virnucpro.errors import ModelError
-
-if TYPE_CHECKING:
-    from virnucpro.models.base import EmbedderSpec
 
 
 @dataclass(frozen=True)
@@ -172,34 +168,3 @@ def resolve_classifier(path: str | None, chunk_size: int, *, flag: str = "--clas
 
     original = CLASSIFIERS[chunk_size]
     return fetch_url(original.url, original.sha256, flag=flag)
-
-
-def resolve_esm2(
-    name_or_path: str,
-    *,
-    layers: Sequence[int] = (-1,),
-    per_token: bool = False,
-    precision: str = "auto",
-    flag: str = "--esm-model",
-) -> EmbedderSpec:
-    """See ``virnucpro.models.hub.resolve_esm2`` (re-exported here for callers of the registry)."""
-    from virnucpro.models.hub import resolve_esm2 as _resolve
-
-    return _resolve(
-        name_or_path, layers=layers, per_token=per_token, precision=precision, flag=flag
-    )
-
-
-__all__ = [
-    "CLASSIFIERS",
-    "DNABERT_S",
-    "ESM2_GEOMETRY",
-    "ESM2_HUB",
-    "Esm2Geometry",
-    "HubModel",
-    "UrlFile",
-    "esm2_hub_entry",
-    "hub_files",
-    "resolve_classifier",
-    "resolve_esm2",
-]
