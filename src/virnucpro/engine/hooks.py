@@ -10,6 +10,7 @@ VIRNUCPRO_TEST_DELAY=SPEC    sleep before each batch: "0.5" for every rank, or "
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -41,7 +42,8 @@ def _delay(rank: int) -> float:
 class TestHooks:
     """The hooks in force for one worker (read once at start)."""
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, log: logging.Logger | None = None) -> None:
+        self.log = log  # the worker log: a hang is announced there, so tests can wait for it
         self.crash = _ids("VIRNUCPRO_TEST_CRASH_ID")
         self.hang = _ids("VIRNUCPRO_TEST_HANG_ID")
         self.oom = _ids("VIRNUCPRO_TEST_OOM_ID")
@@ -54,6 +56,11 @@ class TestHooks:
         if self.crash and not self.crash.isdisjoint(ids):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.hang and not self.hang.isdisjoint(ids):
+            if self.log is not None:
+                self.log.warning(
+                    "VIRNUCPRO_TEST_HANG_ID: hanging on %s",
+                    ",".join(sorted(self.hang.intersection(ids))),
+                )
             while True:
                 time.sleep(3600)
         if self.oom and not self.oom.isdisjoint(ids):

@@ -105,6 +105,7 @@ class LocalBackend:
         self.ctx = mp.get_context("spawn")
         self.workers = [WorkerState(rank, device) for rank, device in enumerate(devices)]
         self.stop_signal: int | None = None
+        self.stops_sent = False
         self.outputs: dict = {}
 
     # -- process management -------------------------------------------------------------
@@ -188,8 +189,7 @@ class LocalBackend:
         unit = scheduler.worker_lost(worker.rank, reason)
         worker.conn.close()
         lost = f" while computing unit {unit.key} ({len(unit)} sequences)" if unit else ""
-        progress.write(f"warning: {reason}{lost}")
-        log.warning("%s%s", reason, lost)
+        log.warning("%s%s", reason, lost)  # the terminal handler shows it unless --quiet
         limit = 2 * (self.max_retries + 1) + ISOLATION_ALLOWANCE
         if self.max_retries > 0 and not self.stop_signal and worker.consecutive_deaths < limit:
             worker.respawns += 1
@@ -201,16 +201,29 @@ class LocalBackend:
 
     # -- signals ------------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
+        # The first signal only sets a flag; the main loop logs and sends the stop messages, so
+        # nothing is written to a pipe or a stream in the middle of a write of the main thread.
         if self.stop_signal is None:
             self.stop_signal = signum
-            for worker in self.workers:
-                if worker.alive:
-                    self._send(worker, ("stop",))
-        else:
-            for worker in self.workers:
-                if worker.process is not None and worker.process.is_alive():
-                    os.kill(worker.process.pid, signal.SIGKILL)
-            raise Interrupted(self.stop_signal)
+            return
+        for worker in self.workers:
+            if worker.process is not None and worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGKILL)
+        raise Interrupted(self.stop_signal)
+
+    def _send_stops(self) -> None:
+        """After a signal, ask every live worker once to stop at its next batch boundary."""
+        if self.stop_signal is None or self.stops_sent:
+            return
+        self.stops_sent = True
+        log.warning(
+            "%s received: workers stop at the next batch boundary and committed work is "
+            "kept; send it again to stop at once",
+            signal.Signals(self.stop_signal).name,
+        )
+        for worker in self.workers:
+            if worker.alive:
+                self._send(worker, ("stop",))
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self, scheduler: Scheduler, progress: Progress) -> list[WorkerState]:
@@ -226,15 +239,18 @@ class LocalBackend:
                 self._start(worker)
             self._loop(scheduler, progress)
         finally:
-            self._shutdown(scheduler, progress)
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            try:
+                self._shutdown(scheduler, progress)
+            finally:  # a second signal during the shutdown must not leave our handlers in place
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
         return self.workers
 
     def _loop(self, scheduler: Scheduler, progress: Progress) -> None:
         while not scheduler.finished:
+            self._send_stops()
             live = [w for w in self.workers if w.alive]
             if self.stop_signal is not None and all(w.status != "busy" for w in live):
                 return
@@ -252,19 +268,19 @@ class LocalBackend:
             for worker in live:
                 if worker.alive and not worker.process.is_alive():
                     self._handle_death(worker, scheduler, progress)
-            self._kill_hung(progress)
+            self._kill_hung()
 
-    def _kill_hung(self, progress: Progress) -> None:
+    def _kill_hung(self) -> None:
         if not self.worker_timeout:
             return
         now = time.monotonic()
         for worker in self.workers:
             if worker.status == "busy" and now - worker.last_seen > self.worker_timeout:
-                message = (
-                    f"worker {worker.rank} sent no heartbeat for {self.worker_timeout:g} s; killing it"
+                log.warning(
+                    "worker %d sent no heartbeat for %g s; killing it",
+                    worker.rank,
+                    self.worker_timeout,
                 )
-                progress.write(f"warning: {message}")
-                log.warning(message)
                 worker.last_error = f"no heartbeat for {self.worker_timeout:g} s (hung)"
                 os.kill(worker.process.pid, signal.SIGKILL)
                 worker.last_seen = now

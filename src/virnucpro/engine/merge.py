@@ -71,6 +71,24 @@ def _strings(values) -> np.ndarray:
     return np.array(list(values), dtype=h5py.string_dtype("utf-8"))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(output: Path) -> None:
+    """Delete the ``.NAME.tmp-PID`` file of a merge whose process was killed (output-sized)."""
+    for path in output.parent.glob(f".{output.name}.tmp-*"):
+        pid = path.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
 def merge_units(
     index,
     unit_files: list[Path],
@@ -87,6 +105,7 @@ def merge_units(
     n = int(done.size)
     row_of = np.full(len(index), -1, dtype=np.int64)
     row_of[done] = np.arange(n, dtype=np.int64)
+    remove_stale_temporaries(output)
     tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
     failed_positions: list[np.ndarray] = []
     failed_reasons: list[str] = []
@@ -105,8 +124,10 @@ def merge_units(
             for start in range(0, n, ID_BLOCK):
                 block = done[start : start + ID_BLOCK]
                 ids_ds[start : start + block.size] = _strings(index.ids[p] for p in block.tolist())
-            lengths = f.create_dataset("lengths", data=np.asarray(index.lengths)[done].astype(np.int64))
-            truncated_ds = f.create_dataset("truncated", shape=(n,), dtype=bool)
+            lengths = f.create_dataset(
+                "lengths", data=np.asarray(index.lengths)[done].astype(np.int64)
+            )
+            f.create_dataset("truncated", shape=(n,), dtype=bool)
             vector_sets = {name: _contiguous(f, name, (n, dim), np.float32) for name in outputs}
             token_set = None
             if per_token:
@@ -116,8 +137,20 @@ def merge_units(
             token_offset = token_set.id.get_offset() if token_set is not None else None
             truncated = np.zeros(n, dtype=bool)
             del lengths
-        _write_vectors(tmp, unit_files, row_of, n, dim, offsets_in_file, token_offset, offsets,
-                       token_total, truncated, failed_positions, failed_reasons)
+        _write_vectors(
+            tmp,
+            unit_files,
+            row_of,
+            n,
+            dim,
+            offsets_in_file,
+            token_offset,
+            offsets,
+            token_total,
+            truncated,
+            failed_positions,
+            failed_reasons,
+        )
         with h5py.File(tmp, "r+") as f:
             f["truncated"][...] = truncated
             for key, value in attrs.items():
@@ -140,8 +173,20 @@ def merge_units(
     return MergeResult(output, n, int(truncated.sum()), fp, failed_reasons)
 
 
-def _write_vectors(tmp, unit_files, row_of, n, dim, offsets_in_file, token_offset, offsets,
-                   token_total, truncated, failed_positions, failed_reasons) -> None:
+def _write_vectors(
+    tmp,
+    unit_files,
+    row_of,
+    n,
+    dim,
+    offsets_in_file,
+    token_offset,
+    offsets,
+    token_total,
+    truncated,
+    failed_positions,
+    failed_reasons,
+) -> None:
     maps = {
         name: np.memmap(tmp, dtype="<f4", mode="r+", offset=offset, shape=(n, dim))
         for name, offset in offsets_in_file.items()
@@ -149,7 +194,9 @@ def _write_vectors(tmp, unit_files, row_of, n, dim, offsets_in_file, token_offse
     }
     token_map = None
     if token_offset is not None:
-        token_map = np.memmap(tmp, dtype="<f4", mode="r+", offset=token_offset, shape=(token_total, dim))
+        token_map = np.memmap(
+            tmp, dtype="<f4", mode="r+", offset=token_offset, shape=(token_total, dim)
+        )
     for path in unit_files:
         unit = read_unit(path)
         rows = row_of[unit.positions]
@@ -160,10 +207,12 @@ def _write_vectors(tmp, unit_files, row_of, n, dim, offsets_in_file, token_offse
                     raise ValidationError(f"unit file {path} has an unexpected output {name!r}")
                 continue
             if array.shape[1] != dim:
-                raise ValidationError(f"unit file {path}: {name} has width {array.shape[1]}, expected {dim}")
+                raise ValidationError(
+                    f"unit file {path}: {name} has width {array.shape[1]}, expected {dim}"
+                )
             maps[name][rows] = array
         if token_map is not None and unit.per_token is not None:
-            for row, block in zip(rows.tolist(), unit.per_token):
+            for row, block in zip(rows.tolist(), unit.per_token, strict=True):
                 token_map[offsets[row] : offsets[row + 1]] = block
         if unit.failed_positions.size:
             failed_positions.append(unit.failed_positions)
@@ -193,10 +242,14 @@ def validate_output(path: Path, expected_ids: list[str], *, outputs: list[str], 
         for name in outputs:
             ds = f[name]
             if ds.shape != (expected, dim):
-                raise ValidationError(f"{path.name}: {name} has shape {ds.shape}, expected {(expected, dim)}")
+                raise ValidationError(
+                    f"{path.name}: {name} has shape {ds.shape}, expected {(expected, dim)}"
+                )
             step = max(1, CHECK_BLOCK_BYTES // max(1, dim * 4))
             for start in range(0, expected, step):
                 block = ds[start : start + step]
                 if not np.isfinite(block).all():
                     bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-                    raise ValidationError(f"{path.name}: {name} row {bad} ({ids[bad]}) is not finite")
+                    raise ValidationError(
+                        f"{path.name}: {name} row {bad} ({ids[bad]}) is not finite"
+                    )

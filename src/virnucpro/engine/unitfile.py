@@ -21,7 +21,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class UnitResult:
-    """Everything a unit produced, rows aligned: ids[i] belongs to positions[i] and vectors[*][i]."""
+    """Everything a unit produced, rows aligned: ids[i], positions[i] and vectors[*][i]."""
 
     key: str
     positions: np.ndarray  # int64

@@ -76,7 +76,7 @@ class UnitRunner:
         self.on_batch = on_batch  # (unit key, sequences, real tokens, padded slots)
         self.should_stop = should_stop  # checked at every batch boundary
         self.index = SequenceIndex.open(config.index_dir)
-        self.hooks = TestHooks(config.rank)
+        self.hooks = TestHooks(config.rank, log)
         self.budget = config.tokens_per_batch
         self.oom_splits = 0
         self.stats: dict = {}
@@ -95,8 +95,13 @@ class UnitRunner:
         seqs = self.index.sequences(positions)
         encoded = [self.embedder.encode(s) for s in seqs]
         n = len(ids)
-        vectors = {name: np.zeros((n, self.embedder.dim), np.float32) for name in self.embedder.output_names}
-        per_token: list[np.ndarray | None] | None = [None] * n if self.config.spec.per_token else None
+        vectors = {
+            name: np.zeros((n, self.embedder.dim), np.float32)
+            for name in self.embedder.output_names
+        }
+        per_token: list[np.ndarray | None] | None = (
+            [None] * n if self.config.spec.per_token else None
+        )
         ok = np.ones(n, dtype=bool)
         failures: list[tuple[int, str]] = []
         tokens = slots = 0
@@ -115,7 +120,9 @@ class UnitRunner:
             positions=positions[keep].astype(np.int64),
             ids=[ids[i] for i in keep.tolist()],
             lengths=np.array([len(seqs[i]) for i in keep.tolist()], dtype=np.int64),
-            truncated=np.array([self.embedder.truncated(len(seqs[i])) for i in keep.tolist()], bool),
+            truncated=np.array(
+                [self.embedder.truncated(len(seqs[i])) for i in keep.tolist()], bool
+            ),
             vectors={name: array[keep] for name, array in vectors.items()},
             per_token=[per_token[i] for i in keep.tolist()] if per_token is not None else None,
             failed_positions=np.array([positions[i] for i, _ in failures], dtype=np.int64),
@@ -132,8 +139,8 @@ class UnitRunner:
 
     def _embed(self, batch, ids, encoded, vectors, per_token, ok, failures) -> None:
         """Forward one batch; on out-of-memory, halve the budget and split the batch."""
-        self.hooks.before_batch([ids[i] for i in batch])
         try:
+            self.hooks.before_batch([ids[i] for i in batch])  # may simulate out-of-memory
             output = self.embedder.forward([encoded[i] for i in batch])
         except OutOfMemoryError:
             if self.embedder.device.type == "cuda":
@@ -141,7 +148,10 @@ class UnitRunner:
             if len(batch) == 1:
                 i = batch[0]
                 ok[i] = False
-                failures.append((i, f"out of memory on a batch of this sequence alone ({len(encoded[i])} tokens)"))
+                alone = (
+                    f"out of memory on a batch of this sequence alone ({len(encoded[i])} tokens)"
+                )
+                failures.append((i, alone))
                 self.log.warning("out of memory on %s alone (%d tokens)", ids[i], len(encoded[i]))
                 return
             self.oom_splits += 1
