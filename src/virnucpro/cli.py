@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -242,12 +243,17 @@ def _configure_logging(args) -> None:
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
+def _terminate(signum, _frame) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
     from virnucpro.engine.local import Interrupted
 
+    signal.signal(signal.SIGTERM, _terminate)  # outside the worker phase: stop like Ctrl-C
     try:
         return args.handler(args)
     except Interrupted as exc:
@@ -263,11 +269,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        signum = exc.args[0] if exc.args else signal.SIGINT
+        print(
+            f"interrupted by {signal.Signals(signum).name}; committed work is kept. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 128 + signum
     except Exception as exc:  # noqa: BLE001
         if args.debug:
             raise
