@@ -74,7 +74,12 @@ def embed(
         fasta_files = [fasta_files]
     if isinstance(shard, str):
         shard = parse_shard(shard)
-    device_list = resolve_devices(devices, world_size)
+    if backend == "ray" and ray_address and (devices or "auto") == "auto":
+        from virnucpro.engine.ray_backend import cluster_devices
+
+        device_list = cluster_devices(ray_address, world_size)  # one actor per cluster GPU
+    else:
+        device_list = resolve_devices(devices, world_size)
     options = EngineOptions(
         devices=device_list,
         tokens_per_batch=tokens_per_batch or default_tokens_per_batch(device_list),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def write_unit(units_dir: Path, result: UnitResult) -> Path:
     if len(result.ids) != n or any(v.shape[0] != n for v in result.vectors.values()):
         raise ValueError(f"unit {result.key}: ids, positions and vectors are not aligned")
     final = unit_path(units_dir, result.key)
-    tmp = units_dir / f".{result.key}.h5.tmp-{os.getpid()}"
+    tmp = units_dir / f".{result.key}.h5.tmp-{socket.gethostname()}-{os.getpid()}"  # shared storage
     with h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["unit"] = result.key

@@ -1,0 +1,663 @@
+"""The Ray backend: one long-lived Ray actor per device entry, fed units by the same Scheduler.
+
+Ray is optional (``pip install 'virnucpro[ray]'``) and only this module imports it, lazily.
+The driver hands each ready actor one unit at a time (dynamic pull) and our unit bookkeeping
+is the source of truth: Ray never restarts an actor or re-runs a call by itself
+(``max_restarts=0``, ``max_task_retries=0``). A dead, failing or hung actor is reported to the
+scheduler and replaced under the local backend's respawn rule. Actors read the sequence index
+and write unit files and worker logs in the run directory, which every node must reach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from virnucpro.engine.hooks import OutOfMemoryError
+from virnucpro.engine.local import ISOLATION_ALLOWANCE, Interrupted, WorkerState
+from virnucpro.engine.progress import Progress
+from virnucpro.engine.scheduler import Scheduler
+from virnucpro.engine.units import Unit
+from virnucpro.engine.worker import (
+    StopRequested,
+    UnitRunner,
+    WorkerConfig,
+    prepare_device,
+    setup_worker_logging,
+)
+from virnucpro.errors import VirnucproError
+
+log = logging.getLogger("virnucpro.engine")
+
+RAY_TMPDIR_ENV = "VIRNUCPRO_RAY_TMPDIR"  # Ray's temporary files (sessions, sockets, logs)
+FORWARDED_ENV_PREFIX = "VIRNUCPRO_TEST_"  # fault hooks that must reach the actors
+POLL_SECONDS = 1.0
+PLACEMENT_WARNING_SECONDS = 120.0
+# Only unit positions and small statistics travel through Ray; vectors go to unit files.
+OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise VirnucproError(
+            "--backend ray needs Ray, which is not installed: pip install 'virnucpro[ray]'"
+        ) from None
+    return ray
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (VirnucproError, OutOfMemoryError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _ray_cause(exc: BaseException) -> str:
+    """The informative part of a Ray error (its message repeats ids, addresses and advice)."""
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("\t")]
+    base = "The actor died unexpectedly before finishing this task."
+    text = " ".join(line.strip() for line in lines if line.strip() != base)
+    text = text.split(" Some common causes", 1)[0]
+    return _one_line(text or type(exc).__name__, 200)
+
+
+# -- inside the actor -------------------------------------------------------------------------
+class UnitActor:
+    """Runs in a Ray actor: loads the model once, then commits units with a UnitRunner.
+
+    Replies are tagged like the local worker's messages: ``("ready", info)``,
+    ``("done", count, stats, n_batches, tokens, slots)``, ``("stopped",)`` or
+    ``("error", message)``. The actor is threaded (two calls at a time) so that ``stop`` and
+    ``idle_seconds`` are answered while a unit is being computed.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.stop_requested = threading.Event()
+        self.last_activity = time.monotonic()
+        self.batches = 0
+        self.error: str | None = None
+        self.info: dict = {}
+        self.runner: UnitRunner | None = None
+        try:
+            self.log = setup_worker_logging(config.log_path, config.rank)
+        except OSError as exc:
+            self.log = logging.getLogger(f"virnucpro.worker.{config.rank}")
+            self.error = (
+                f"cannot write the worker log {config.log_path} on this node ({exc.strerror}); "
+                "the run directory must be on storage every Ray node can reach"
+            )
+            return
+        self.log.info(
+            "worker %d started (pid %d) on %s (Ray actor)", config.rank, os.getpid(), config.device
+        )
+        try:
+            self._load(config)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver
+            self.error = _describe(exc)
+            self.log.error("model loading failed:\n%s", traceback.format_exc())
+
+    def _load(self, config: WorkerConfig) -> None:
+        from virnucpro.models.base import load_embedder
+
+        embedder = load_embedder(config.spec, prepare_device(config))
+        self.runner = UnitRunner(
+            config,
+            embedder,
+            self.log,
+            on_batch=self._on_batch,
+            should_stop=self.stop_requested.is_set,
+        )
+        self.info = {
+            "pid": os.getpid(),
+            "device": config.device,
+            "node": _node_address(),
+            "dim": embedder.dim,
+            "outputs": list(embedder.output_names),
+            "dtype": str(embedder.dtype).replace("torch.", ""),
+            "describe": embedder.describe(),
+        }
+        self.log.info("model loaded: %s", self.info)
+
+    def _on_batch(self, *_: object) -> None:
+        self.batches += 1
+        self.last_activity = time.monotonic()
+
+    def ready(self) -> tuple:
+        if self.error is not None:
+            return ("error", self.error)
+        return ("ready", self.info)
+
+    def run_unit(self, key: str, positions: np.ndarray) -> tuple:
+        """Compute unit ``key`` and commit its file (see ``UnitRunner.commit``)."""
+        self.last_activity = time.monotonic()
+        self.batches = 0
+        if self.stop_requested.is_set():
+            return ("stopped",)
+        self.log.info("unit %s: %d sequences", key, len(positions))
+        try:
+            count = self.runner.commit(key, positions)
+        except StopRequested:
+            self.log.info("stop requested during unit %s; it is not committed", key)
+            return ("stopped",)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which replaces us
+            self.log.error("unit %s failed:\n%s", key, traceback.format_exc())
+            return ("error", _describe(exc))
+        stats = self.runner.stats
+        return ("done", count, stats, self.batches, stats["tokens"], stats["slots"])
+
+    def idle_seconds(self) -> float:
+        """Seconds since the current unit started or its last batch finished (heartbeat)."""
+        return time.monotonic() - self.last_activity
+
+    def stop(self) -> None:
+        """Stop at the next batch boundary; the unit in progress is not committed."""
+        self.stop_requested.set()
+
+
+def _node_address() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - informative only
+        return ""
+
+
+# -- connecting to Ray ------------------------------------------------------------------------
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+_TOKEN: list[str] = []
+
+
+def _process_token() -> str:
+    """One random token per process (Ray caches the token it has seen)."""
+    if not _TOKEN:
+        _TOKEN.append(secrets.token_hex(32))
+    return _TOKEN[0]
+
+
+def _physical_gpus(devices: list[str]) -> list[str]:
+    """Physical GPU ids of ``cuda:N`` entries, N counted in this process's visible list."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    listed = [v.strip() for v in visible.split(",")] if visible else None
+    ordinals = [int(d.split(":", 1)[1]) if ":" in d else 0 for d in devices if d.startswith("cuda")]
+    return [listed[i] if listed else str(i) for i in ordinals]
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return  # "auto", ray://... : left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def _visible_gpus(ids: list[str]):
+    """Expose exactly ``ids`` to a Ray instance started inside this block."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
+class RaySession:
+    """Joins a Ray cluster (``address``) or starts a private local instance sized for the actors.
+
+    Only what this session opened is closed: a driver connected by someone else stays
+    connected, a cluster we joined keeps running, a local instance we started is stopped.
+    Ray's temporary files go under ``$VIRNUCPRO_RAY_TMPDIR`` when it is set (else Ray's own
+    default: ``$RAY_TMPDIR`` or /tmp/ray).
+    """
+
+    def __init__(self, ray: Any, address: str | None, cpus: int, devices: list[str]) -> None:
+        self.ray = ray
+        self.address = address
+        self.cpus = cpus
+        self.devices = devices
+        self.owned = False
+        self._saved_env: dict[str, str | None] = {}
+
+    def open(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        kwargs: dict = {"log_to_driver": False, "logging_level": logging.WARNING}
+        temp_dir = os.environ.get(RAY_TMPDIR_ENV)
+        if temp_dir:
+            kwargs["_temp_dir"] = os.path.abspath(temp_dir)
+        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+        try:
+            if self.address:
+                _check_reachable(self.address)
+                ray.init(address=self.address, **kwargs)
+            else:
+                self._provide_token()
+                gpus = _physical_gpus(self.devices)
+                with _visible_gpus(gpus):
+                    ray.init(
+                        address="local",
+                        num_cpus=self.cpus,
+                        num_gpus=len(gpus),
+                        include_dashboard=False,
+                        object_store_memory=OBJECT_STORE_BYTES,
+                        **kwargs,
+                    )
+        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+            hint = ""
+            if "AF_UNIX path length" in str(exc):
+                hint = f" (set {RAY_TMPDIR_ENV} to a shorter local directory)"
+            raise VirnucproError(f"cannot start or join {where}: {_one_line(exc)}{hint}") from None
+        self.owned = True
+
+    def _provide_token(self) -> None:
+        """Keep Ray's token authentication on without it saving a token in ``~/.ray``.
+
+        A new local instance enables token authentication and, when no token is configured,
+        writes one to ``~/.ray/auth_token``; we hand it a process-wide token in the
+        environment instead (restored on close).
+        """
+        configured = any(os.environ.get(k) for k in (*AUTH_ENV, "RAY_AUTH_TOKEN_PATH"))
+        if configured or os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+            return
+        self._saved_env = {k: os.environ.get(k) for k in AUTH_ENV}
+        os.environ["RAY_AUTH_TOKEN"] = _process_token()
+
+    def close(self) -> None:
+        if self.owned:
+            self.ray.shutdown()
+            self.owned = False
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
+
+
+def cluster_devices(address: str, workers: int | None = None) -> list[str]:
+    """One ``cuda:i`` entry per GPU of a running Ray cluster (at most ``workers``), else CPU.
+
+    Meant for ``--devices auto --backend ray --ray-address ...``: the driver may have fewer
+    GPUs than the cluster. Without any GPU, ``workers`` CPU actors (default 1).
+    """
+    ray = import_ray()
+    session = RaySession(ray, address, cpus=0, devices=[])
+    session.open()
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+    finally:
+        session.close()
+    if gpus:
+        return [f"cuda:{i}" for i in range(gpus if workers is None else min(workers, gpus))]
+    return ["cpu"] * (workers or 1)
+
+
+# -- the driver -------------------------------------------------------------------------------
+@dataclass
+class _Call:
+    """One call in flight on an actor."""
+
+    worker: WorkerState
+    kind: str  # "ready", "unit" or "beat"
+    sent: float
+    unit: Unit | None = None
+
+
+def _absolute(config: WorkerConfig, device: str) -> WorkerConfig:
+    """Paths that mean the same on every node, and the device as the actor sees it."""
+    spec = config.spec
+    if os.path.exists(spec.weights):
+        spec = dataclasses.replace(spec, weights=os.path.abspath(spec.weights))
+    return dataclasses.replace(
+        config,
+        device=device,
+        spec=spec,
+        index_dir=os.path.abspath(config.index_dir),
+        units_dir=os.path.abspath(config.units_dir),
+        log_path=os.path.abspath(config.log_path),
+    )
+
+
+class RayBackend:
+    """Runs a scheduler's units on Ray actors, one per device entry (same interface as
+    LocalBackend).
+
+    ``cuda:N`` entries become one-GPU actors (inside, the device is ``cuda:0``: Ray sets
+    CUDA_VISIBLE_DEVICES); ``cpu`` entries become actors with ``threads`` CPUs. A busy actor
+    that finishes no batch for ``worker_timeout`` seconds is killed as hung.
+    """
+
+    def __init__(
+        self,
+        devices: list[str],
+        make_config: Callable[[int, str], WorkerConfig],
+        *,
+        max_retries: int = 0,
+        worker_timeout: float | None = None,
+        address: str | None = None,
+    ) -> None:
+        self.ray = import_ray()
+        self.devices = devices
+        self.make_config = make_config
+        self.max_retries = max_retries
+        self.worker_timeout = worker_timeout
+        self.address = address
+        self.workers = [WorkerState(rank, device) for rank, device in enumerate(devices)]
+        self.outputs: dict = {}
+        self.stop_signal: int | None = None
+        self._stops_sent = False
+        self._actors: dict[int, Any] = {}
+        self._calls: dict[Any, _Call] = {}
+        self._configs = {w.rank: self._config(w) for w in self.workers}
+        self._actor_class = None
+        self._warned_placement: set[int] = set()
+        self._session = RaySession(self.ray, address, self._cpus_needed(), devices)
+
+    # -- actors -------------------------------------------------------------------------------
+    def _config(self, worker: WorkerState) -> WorkerConfig:
+        inside = "cuda:0" if worker.device.startswith("cuda") else worker.device
+        return _absolute(self.make_config(worker.rank, inside), inside)
+
+    def _resources(self, worker: WorkerState) -> dict:
+        if worker.device.startswith("cuda"):
+            return {"num_gpus": 1, "num_cpus": 1}
+        return {"num_gpus": 0, "num_cpus": self._configs[worker.rank].threads or 1}
+
+    def _cpus_needed(self) -> int:
+        return sum(self._resources(w)["num_cpus"] for w in self.workers)
+
+    def _start(self, worker: WorkerState) -> None:
+        if self._actor_class is None:
+            self._actor_class = self.ray.remote(UnitActor)
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+        actor = self._actor_class.options(
+            **self._resources(worker),
+            max_restarts=0,
+            max_task_retries=0,
+            max_concurrency=2,
+            runtime_env={"env_vars": env} if env else None,
+        ).remote(self._configs[worker.rank])
+        self._actors[worker.rank] = actor
+        worker.status, worker.last_seen, worker.last_error = "starting", time.monotonic(), None
+        worker.pid = None
+        self._call(worker, "ready", actor.ready.remote())
+        log.info("worker %d: Ray actor requested for %s", worker.rank, worker.device)
+
+    def _call(self, worker: WorkerState, kind: str, ref: Any, unit: Unit | None = None) -> None:
+        self._calls[ref] = _Call(worker, kind, time.monotonic(), unit)
+
+    def _drop_calls(self, worker: WorkerState) -> None:
+        for ref in [r for r, c in self._calls.items() if c.worker is worker]:
+            del self._calls[ref]
+
+    def _kill(self, worker: WorkerState) -> None:
+        actor = self._actors.pop(worker.rank, None)
+        if actor is not None:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    def _assign(self, worker: WorkerState, scheduler: Scheduler) -> None:
+        if worker.status != "idle" or self.stop_signal is not None:
+            return
+        unit = scheduler.next_unit(worker.rank)
+        if unit is None:
+            return
+        worker.status = "busy"
+        worker.last_seen = time.monotonic()
+        ref = self._actors[worker.rank].run_unit.remote(unit.key, unit.positions)
+        self._call(worker, "unit", ref, unit)
+
+    # -- replies ------------------------------------------------------------------------------
+    def _handle(self, call: _Call, reply: Any, scheduler: Scheduler, progress: Progress) -> None:
+        worker = call.worker
+        if call.kind == "beat":
+            if self.worker_timeout and worker.status == "busy" and reply > self.worker_timeout:
+                self._hung(worker, scheduler)
+            return
+        tag = reply[0]
+        if tag == "error":
+            worker.last_error = reply[1]
+            self._death(
+                worker, f"worker {worker.rank} ({worker.device}) failed: {reply[1]}", scheduler
+            )
+        elif tag == "ready":
+            worker.info = reply[1]
+            worker.pid = worker.info.get("pid")
+            worker.status = "idle"
+            worker.last_seen = time.monotonic()
+            self.outputs = {"dim": worker.info["dim"], "outputs": worker.info["outputs"]}
+            log.info(
+                "worker %d ready on %s (pid %s, node %s)",
+                worker.rank,
+                worker.device,
+                worker.pid,
+                worker.info.get("node"),
+            )
+        elif tag == "stopped":
+            scheduler.returned(worker.rank)
+            worker.status = "stopped"
+        elif tag == "done":
+            _, _count, stats, _batches, tokens, slots = reply
+            scheduler.completed(worker.rank, call.unit.key)
+            worker.units_done += 1
+            worker.consecutive_deaths = 0
+            worker.sequences += len(call.unit)
+            worker.tokens += tokens
+            worker.slots += slots
+            worker.oom_splits += stats.get("oom_splits", 0)
+            worker.status = "idle"
+            worker.last_seen = time.monotonic()
+            progress.update(len(call.unit), tokens, sum(w.alive for w in self.workers))
+
+    def _death(self, worker: WorkerState, reason: str, scheduler: Scheduler) -> None:
+        """The actor is gone or unusable: lose its unit, then respawn it or fail the rank."""
+        self._drop_calls(worker)
+        self._kill(worker)
+        if worker.status == "stopped" or not worker.alive:
+            return
+        worker.deaths.append(reason)
+        worker.consecutive_deaths += 1
+        unit = scheduler.worker_lost(worker.rank, reason)
+        lost = f" while computing unit {unit.key} ({len(unit)} sequences)" if unit else ""
+        log.warning("%s%s", reason, lost)  # the terminal handler shows it unless --quiet
+        limit = 2 * (self.max_retries + 1) + ISOLATION_ALLOWANCE
+        if self.max_retries > 0 and self.stop_signal is None and worker.consecutive_deaths < limit:
+            worker.respawns += 1
+            self._start(worker)
+        else:
+            worker.status = "failed"
+
+    def _hung(self, worker: WorkerState, scheduler: Scheduler) -> None:
+        log.warning(
+            "worker %d finished no batch for %g s; killing it", worker.rank, self.worker_timeout
+        )
+        worker.last_error = f"no heartbeat for {self.worker_timeout:g} s (hung)"
+        reason = f"worker {worker.rank} ({worker.device}) killed: {worker.last_error}"
+        self._death(worker, reason, scheduler)
+
+    def _actor_died(self, call: _Call, exc: Exception) -> str:
+        worker = call.worker
+        pid = f"pid {worker.pid}, " if worker.pid else ""
+        node = worker.info.get("node") or "?"
+        return (
+            f"worker {worker.rank} ({worker.device}) Ray actor died ({pid}node {node}): "
+            f"{_ray_cause(exc)}"
+        )
+
+    # -- signals ------------------------------------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:
+        # The first signal only sets a flag (no Ray call inside a signal handler): the loop
+        # sends the stops. A second one stops at once; the shutdown kills the actors.
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            return
+        raise Interrupted(self.stop_signal)
+
+    def _send_stops(self) -> None:
+        """After a signal, ask every live actor once to stop at its next batch boundary."""
+        if self.stop_signal is None or self._stops_sent:
+            return
+        self._stops_sent = True
+        log.warning(
+            "%s received: workers stop at the next batch boundary and committed work is "
+            "kept; send it again to stop at once",
+            signal.Signals(self.stop_signal).name,
+        )
+        for worker in self.workers:
+            actor = self._actors.get(worker.rank)
+            if worker.alive and actor is not None:
+                actor.stop.remote()
+
+    @contextmanager
+    def _signals(self):
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    # -- main loop ----------------------------------------------------------------------------
+    def run(self, scheduler: Scheduler, progress: Progress) -> list[WorkerState]:
+        """Run until every unit is done or lost; raises Interrupted after a signal."""
+        with self._signals():
+            self._session.open()
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self._on_signal)  # a local Ray installs its own
+            try:
+                self._check_resources()
+                for worker in self.workers:
+                    self._start(worker)
+                self._loop(scheduler, progress)
+            finally:
+                try:
+                    self._shutdown(scheduler)
+                finally:  # a second signal during the shutdown must not leave Ray running
+                    self._session.close()
+        if self.stop_signal is not None:
+            raise Interrupted(self.stop_signal)
+        return self.workers
+
+    def _loop(self, scheduler: Scheduler, progress: Progress) -> None:
+        while not scheduler.finished:
+            self._send_stops()
+            live = [w for w in self.workers if w.alive]
+            if self.stop_signal is not None and all(w.status != "busy" for w in live):
+                return
+            if not live:
+                scheduler.abandon_pending("no worker left: every rank failed")
+                return
+            for worker in live:
+                self._assign(worker, scheduler)
+            if self._calls:
+                ready, _ = self.ray.wait(list(self._calls), num_returns=1, timeout=POLL_SECONDS)
+                for ref in ready:
+                    self._resolve(ref, scheduler, progress)
+            self._heartbeats(scheduler)
+
+    def _resolve(self, ref: Any, scheduler: Scheduler, progress: Progress) -> None:
+        call = self._calls.pop(ref, None)
+        if call is None:  # dropped when its actor was replaced
+            return
+        try:
+            reply = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            if call.worker.alive:
+                self._death(call.worker, self._actor_died(call, exc), scheduler)
+            return
+        self._handle(call, reply, scheduler, progress)
+
+    def _heartbeats(self, scheduler: Scheduler) -> None:
+        """Ask busy actors how long ago they finished a batch; kill those that stopped answering."""
+        now = time.monotonic()
+        beating = {c.worker.rank: c for c in self._calls.values() if c.kind == "beat"}
+        for worker in self.workers:
+            if worker.status == "starting" and now - worker.last_seen > PLACEMENT_WARNING_SECONDS:
+                self._warn_placement(worker)
+            if worker.status != "busy" or not self.worker_timeout:
+                continue
+            beat = beating.get(worker.rank)
+            if beat is not None:
+                if now - beat.sent > self.worker_timeout:
+                    self._hung(worker, scheduler)
+                continue
+            if now - worker.last_seen >= self._beat_interval():
+                worker.last_seen = now
+                self._call(worker, "beat", self._actors[worker.rank].idle_seconds.remote())
+
+    def _beat_interval(self) -> float:
+        return max(0.5, min(10.0, self.worker_timeout / 4))
+
+    def _warn_placement(self, worker: WorkerState) -> None:
+        if worker.rank in self._warned_placement:
+            return
+        self._warned_placement.add(worker.rank)
+        need = self._resources(worker)
+        message = (
+            f"worker {worker.rank} is still waiting for Ray to place it (needs "
+            f"{need['num_cpus']} CPU, {need['num_gpus']} GPU); cluster resources: "
+            f"{self._available()}"
+        )
+        log.warning(message)
+
+    def _available(self) -> str:
+        resources = self.ray.cluster_resources()
+        return f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
+
+    def _check_resources(self) -> None:
+        """Warn when no live node can ever hold an actor (an autoscaler may still add one)."""
+        nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+        for worker in self.workers:
+            need = self._resources(worker)
+            if not any(
+                n.get("CPU", 0) >= need["num_cpus"] and n.get("GPU", 0) >= need["num_gpus"]
+                for n in nodes
+            ):
+                message = (
+                    f"no node of the Ray cluster can hold worker {worker.rank} "
+                    f"({need['num_cpus']} CPU, {need['num_gpus']} GPU; cluster has "
+                    f"{self._available()}); it waits until such a node joins"
+                )
+                log.warning(message)
+
+    def _shutdown(self, scheduler: Scheduler) -> None:
+        self._calls.clear()
+        for worker in self.workers:
+            self._kill(worker)
+            if worker.alive:
+                worker.status = "stopped"
+            scheduler.returned(worker.rank)
