@@ -123,6 +123,8 @@ class LocalBackend:
         log.info("worker %d started on %s (pid %d)", worker.rank, worker.device, process.pid)
 
     def _send(self, worker: WorkerState, message: tuple) -> bool:
+        if worker.conn is None:  # never started (process.start() failed)
+            return False
         try:
             worker.conn.send(message)
             return True
