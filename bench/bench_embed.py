@@ -113,7 +113,8 @@ def engine_batches(fasta: Path, work: Path, spec, embedder, tokens_per_batch: in
     batches = []
     for unit in plan_units(index.order, costs, unit_tokens):
         encoded = [embedder.encode(s) for s in index.sequences(unit.positions)]
-        for batch in token_budget_batches([len(e) for e in encoded], tokens_per_batch):
+        lengths = [len(e) for e in encoded]
+        for batch in token_budget_batches(lengths, tokens_per_batch, embedder.packed):
             batches.append([encoded[i] for i in batch])
     return batches
 

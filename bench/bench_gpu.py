@@ -47,6 +47,7 @@ def random_state(cfg, device) -> dict:
 
 
 def engine_batches(tokens_per_batch: int) -> list[list[np.ndarray]]:
+    """The data set encoded and cut exactly as the engine cuts it (longest first)."""
     from virnucpro.engine.batching import token_budget_batches
     from virnucpro.io.fasta import read_records
     from virnucpro.models.esm2 import encode_protein
@@ -55,16 +56,18 @@ def engine_batches(tokens_per_batch: int) -> list[list[np.ndarray]]:
     encoded.sort(key=len, reverse=True)
     return [
         [encoded[i] for i in b]
-        for b in token_budget_batches([len(e) for e in encoded], tokens_per_batch)
+        for b in token_budget_batches([len(e) for e in encoded], tokens_per_batch, packed=True)
     ]
 
 
 def flops(cfg, batch: list[np.ndarray]) -> float:
-    """Forward FLOPs of a padded batch: 24 d^2 per token per layer + attention 4 T d."""
-    width = max(len(e) for e in batch)
-    slots = width * len(batch)
+    """Model forward FLOPs of a batch's REAL tokens (padding is not useful work).
+
+    Per sequence of L tokens and per layer: 24 d^2 L for the projections and FFN (ffn = 4d)
+    plus 4 L^2 d for the attention scores and the weighted sum.
+    """
     d = cfg.embed_dim
-    return cfg.num_layers * slots * (24 * d * d + 4 * width * d)
+    return sum(cfg.num_layers * (24 * d * d * len(e) + 4 * len(e) ** 2 * d) for e in batch)
 
 
 def sync() -> None:
@@ -99,16 +102,79 @@ def measured_peak() -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - start)
 
 
+def gemm_ceiling(cfg, device, tokens: int = 16384) -> float:
+    """TFLOP/s of one layer's four projections alone (bf16, ``tokens`` rows): the matmul bound."""
+    d, f = cfg.embed_dim, cfg.ffn_dim
+    x = torch.randn(tokens, d, device=device, dtype=torch.bfloat16)
+    h = torch.randn(tokens, f, device=device, dtype=torch.bfloat16)
+    layers = [
+        torch.nn.Linear(a, b, device=device, dtype=torch.bfloat16)
+        for a, b in ((d, 3 * d), (d, d), (d, f), (f, d))
+    ]
+
+    def step() -> None:
+        layers[0](x), layers[1](x), layers[2](x), layers[3](h)
+
+    for _ in range(3):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(10):
+        step()
+    sync()
+    return 10 * 2 * tokens * (4 * d * d + 2 * d * f) / (time.perf_counter() - start) / 1e12
+
+
+def check_numerics(device) -> dict:
+    """Native ESM-2 vs transformers ``EsmModel`` on this device (fp32), and bf16/fp16 vs fp32."""
+    from transformers import EsmModel
+
+    from virnucpro.io.fasta import read_records
+    from virnucpro.models.base import EmbedderSpec, load_embedder
+    from virnucpro.models.esm2 import encode_protein
+    from virnucpro.models.tiny import write_tiny_esm2_hf
+
+    records = list(read_records(DATA))[::97][:20]
+    folder = write_tiny_esm2_hf(
+        Path(tempfile.mkdtemp()) / "esm2_tiny", num_layers=4, hidden=64, heads=4
+    )
+    encoded = [encode_protein(r.seq) for r in records]
+    ref = EsmModel.from_pretrained(str(folder), add_pooling_layer=False).to(device).eval()
+    rows = []
+    with torch.inference_mode():
+        for ids in encoded:
+            hidden = ref(torch.from_numpy(ids)[None].to(device)).last_hidden_state[0]
+            rows.append(hidden[1:-1].float().mean(0).cpu().numpy())
+    reference = np.stack(rows)
+    out = {"sequences": len(encoded), "longest": max(len(e) for e in encoded)}
+    vectors = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        spec = EmbedderSpec("esm2", str(folder), "tiny", precision=precision)
+        embedder = load_embedder(spec, device)
+        vectors[precision] = embedder.forward(encoded).pooled["embeddings"]
+    out["fp32_max_abs_vs_transformers"] = float(np.abs(vectors["fp32"] - reference).max())
+    for precision in ("bf16", "fp16"):
+        a, b = vectors[precision], vectors["fp32"]
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        out[f"{precision}_min_cosine_vs_fp32"] = float(cos.min())
+    return out
+
+
 def main() -> None:
+    global DATA
+    from virnucpro.engine.batching import computed_slots
     from virnucpro.models.base import EmbedderSpec
     from virnucpro.models.esm2 import Esm2Config, Esm2Embedder, build_esm2_model
 
     p = argparse.ArgumentParser()
     p.add_argument("--peak-tflops", type=float, default=989.0, help="datasheet dense bf16 peak")
-    p.add_argument("--tokens-per-batch", default="16384,32768")
+    p.add_argument("--tokens-per-batch", default="4096,16384,32768,65536")
+    p.add_argument("--data", type=Path, default=DATA, help="protein FASTA (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="also write the results here as JSON, row by row")
     p.add_argument("--skip-engine", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny geometry on CPU: checks the script")
     args = p.parse_args()
+    DATA = args.data
     if args.smoke:
         device = torch.device("cpu")
         results = {
@@ -117,12 +183,14 @@ def main() -> None:
             "measured_bf16_matmul_tflops": 1.0,
         }
         cfg = Esm2Config(num_layers=2, embed_dim=64, heads=4, ffn_dim=256)
-        args.skip_engine = True
     else:
         device = torch.device("cuda:0")
         results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
         results["measured_bf16_matmul_tflops"] = measured_peak() / 1e12
         cfg = Esm2Config(num_layers=36, embed_dim=2560, heads=40, ffn_dim=4 * 2560)
+    results["numerics"] = check_numerics(device)
+    print(json.dumps(results["numerics"]), flush=True)
+    results["gemm_only_tflops_16k_tokens"] = gemm_ceiling(cfg, device)
     state = random_state(cfg, device)
     rows = []
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
@@ -134,7 +202,7 @@ def main() -> None:
             batches = engine_batches(tpb)
             seconds = time_forward(embedder, batches)
             real = sum(len(e) for b in batches for e in b)
-            slots = sum(max(len(e) for e in b) * len(b) for b in batches)
+            slots = sum(computed_slots([len(e) for e in b], embedder.packed) for b in batches)
             total_flops = sum(flops(cfg, b) for b in batches)
             rows.append(
                 {
@@ -143,7 +211,9 @@ def main() -> None:
                     "batches": len(batches),
                     "seconds": seconds,
                     "tokens_per_s": real / seconds,
+                    "model_tflops_per_s": total_flops / seconds / 1e12,
                     "padding_fraction": (slots - real) / slots,
+                    "attention": embedder.describe()["attention"],
                     "mfu_datasheet": total_flops / seconds / (args.peak_tflops * 1e12),
                     "mfu_measured_matmul": total_flops
                     / seconds
@@ -151,23 +221,33 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
+            results["esm2_3B"] = rows
+            if args.out:
+                args.out.write_text(json.dumps(results, indent=2))
         del model, embedder
         if device.type == "cuda":
             torch.cuda.empty_cache()
     results["esm2_3B"] = rows
     if not args.skip_engine:
-        results["engine"] = engine_vs_bare(device)
+        try:
+            results["engine"] = engine_vs_bare(device, smoke=args.smoke)
+        except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
+            stderr = getattr(exc, "stderr", "") or ""
+            results["engine"] = {"error": repr(exc)[-500:], "stderr": stderr[-3000:]}
     print(json.dumps(results, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
 
 
-def engine_vs_bare(device) -> dict:
+def engine_vs_bare(device, smoke: bool = False) -> dict:
     """`virnucpro embed` end to end on cuda:0 vs the bare forward on the same batches."""
+    layers, hidden, heads = (2, 64, 4) if smoke else (33, 1280, 20)
     from virnucpro.models.base import EmbedderSpec, load_embedder
     from virnucpro.models.tiny import write_tiny_esm2_hf
 
     tmp = Path(tempfile.mkdtemp())
     folder = write_tiny_esm2_hf(
-        tmp / "esm2_650M_random", num_layers=33, hidden=1280, heads=20, use_transformers=False
+        tmp / "esm2_random", num_layers=layers, hidden=hidden, heads=heads, use_transformers=False
     )
     embedder = load_embedder(
         EmbedderSpec("esm2", str(folder), "random-650M", precision="bf16"), device
@@ -176,7 +256,8 @@ def engine_vs_bare(device) -> dict:
     bare = time_forward(embedder, batches, repeats=1)
     real = sum(len(e) for b in batches for e in b)
     del embedder
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     start = time.perf_counter()
     subprocess.run(
         [
@@ -190,7 +271,7 @@ def engine_vs_bare(device) -> dict:
             "--model",
             str(folder),
             "--devices",
-            "0",
+            "cpu" if smoke else "0",
             "--precision",
             "bf16",
             "--tokens-per-batch",
@@ -198,16 +279,20 @@ def engine_vs_bare(device) -> dict:
             "--quiet",
         ],
         check=True,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - start
     report = json.loads((tmp / "out" / "run.json").read_text())
     compute = report["timings_s"]["compute"]
+    timings = report["timings_s"]
     return {
         "bare_tokens_per_s": real / bare,
         "engine_compute_tokens_per_s": real / compute,
         "engine_wall_s_incl_start": wall,
         "ratio_compute_vs_bare": bare / compute,
         "padding_fraction": report["padding_fraction"],
+        "timings_s": timings,
     }
 
 

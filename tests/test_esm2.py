@@ -28,6 +28,7 @@ from virnucpro.models.esm2 import (
     encode_protein,
     load_esm2_embedder,
 )
+from virnucpro.models.packing import attention_kernel, mean_matrix, pack
 from virnucpro.models.tiny import write_tiny_esm2_fairesm, write_tiny_esm2_hf
 
 transformers = pytest.importorskip("transformers")
@@ -157,6 +158,32 @@ def test_several_layers_and_per_token_match_transformers(models):
         rows = got["per_token"][i]
         assert rows.dtype == np.float32 and rows.shape == (len(ids) - 2, 32)
         np.testing.assert_allclose(rows, hidden[0][0, 1:-1].numpy(), rtol=0, atol=TOL)
+
+
+def test_equal_length_runs_in_a_packed_batch_match_transformers(models):
+    """Length-sorted batches hold runs of equal lengths: each run is one attention call."""
+    rng = random.Random(11)
+    lengths = [60, 60, 60, 21, 21, 9, 9, 9, 9, 1]
+    batch = [encode_protein(_random_protein(rng, n)) for n in lengths]
+    packed = pack(batch, CPU)
+    assert packed.runs == ((0, 3, 62), (186, 2, 23), (232, 4, 11), (276, 1, 3))
+    assert packed.cu_seqlens.tolist()[-1] == packed.tokens.numel() == 279
+    embedder = load_esm2_embedder(_spec(models["hf"], per_token=True), CPU)
+    out = embedder.forward(batch)
+    reference = _hf_reference(models["hf"])
+    for i, ids in enumerate(batch):
+        _, last = _hf_hidden(reference, ids)
+        expected = last[0, 1:-1].mean(0).numpy()
+        np.testing.assert_allclose(out.pooled["embeddings"][i], expected, rtol=0, atol=TOL)
+        np.testing.assert_allclose(out.per_token[i], last[0, 1:-1].numpy(), rtol=0, atol=TOL)
+
+
+def test_mean_matrix_averages_inner_tokens_of_each_sequence():
+    packed = pack([np.arange(5), np.arange(3), np.arange(4)], CPU)
+    hidden = torch.arange(12, dtype=torch.float32)[:, None]
+    means = (mean_matrix(packed, skip_first=1, skip_last=1) @ hidden).squeeze(1)
+    assert means.tolist() == [2.0, 6.0, 9.5]
+    assert attention_kernel(CPU, torch.float32, 8) == "sdpa-per-length"
 
 
 def test_fairesm_checkpoint_matches_fair_esm_own_model(models):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from virnucpro.engine.batching import token_budget_batches
+from virnucpro.engine.batching import computed_slots, token_budget_batches
 from virnucpro.engine.hooks import OutOfMemoryError, TestHooks
 from virnucpro.engine.unitfile import UnitResult, write_unit
 from virnucpro.errors import VirnucproError
@@ -105,12 +105,13 @@ class UnitRunner:
         ok = np.ones(n, dtype=bool)
         failures: list[tuple[int, str]] = []
         tokens = slots = 0
-        for batch in token_budget_batches([len(e) for e in encoded], self.budget):
+        packed = self.embedder.packed
+        for batch in token_budget_batches([len(e) for e in encoded], self.budget, packed):
             if self.should_stop():
                 raise StopRequested
             self._embed(batch, ids, encoded, vectors, per_token, ok, failures)
-            real = sum(len(encoded[i]) for i in batch)
-            width = max(len(encoded[i]) for i in batch) * len(batch)
+            sizes = [len(encoded[i]) for i in batch]
+            real, width = sum(sizes), computed_slots(sizes, packed)
             tokens += real
             slots += width
             self.on_batch(key, len(batch), real, width)

@@ -11,8 +11,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def uninitialised_embedding(
+    num: int, dim: int, padding_idx: int | None = None, device: torch.device | str | None = None
+) -> nn.Embedding:
+    """An ``nn.Embedding`` whose weight is left uninitialised (for meta-device construction).
+
+    Our models are built on the meta device and filled by ``load_state_dict(assign=True)``;
+    ``nn.Embedding``'s own random initialisation would pull in ``torch._dynamo`` there (about
+    1.5 s of import in every worker) for values that are thrown away.
+    """
+    weight = torch.empty(num, dim, device=device)
+    return nn.Embedding(num, dim, padding_idx=padding_idx, _weight=weight)
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,7 @@ class Embedder(ABC):
     output_names: list[str]
     device: torch.device
     dtype: torch.dtype
+    packed: bool = False  # forward computes real tokens only (sequences back to back)
 
     @abstractmethod
     def encode(self, seq: str) -> np.ndarray:

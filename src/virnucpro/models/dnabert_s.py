@@ -24,7 +24,13 @@ from tokenizers import Tokenizer, processors
 from torch import nn
 
 from virnucpro.errors import ModelError, NumericalError
-from virnucpro.models.base import Embedder, EmbedderSpec, EmbedOutput, resolve_dtype
+from virnucpro.models.base import (
+    Embedder,
+    EmbedderSpec,
+    EmbedOutput,
+    resolve_dtype,
+    uninitialised_embedding,
+)
 
 HUB_ID = "zhihan1996/DNABERT-S"
 FAMILY = "dnabert_s"
@@ -153,8 +159,8 @@ class DnabertModel(nn.Module):
         self.cfg = cfg
         self.embeddings = nn.ModuleDict(
             {
-                "word_embeddings": nn.Embedding(cfg.vocab_size, h),
-                "token_type_embeddings": nn.Embedding(cfg.type_vocab_size, h),
+                "word_embeddings": uninitialised_embedding(cfg.vocab_size, h),
+                "token_type_embeddings": uninitialised_embedding(cfg.type_vocab_size, h),
                 "LayerNorm": nn.LayerNorm(h, eps=cfg.layer_norm_eps),
             }
         )

@@ -23,7 +23,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import InputError, ModelError, NumericalError
-from virnucpro.models.base import Embedder, EmbedderSpec, EmbedOutput, resolve_dtype
+from virnucpro.models.base import (
+    Embedder,
+    EmbedderSpec,
+    EmbedOutput,
+    resolve_dtype,
+    uninitialised_embedding,
+)
+from virnucpro.models.packing import (
+    Attention,
+    PackedBatch,
+    attention_for,
+    attention_kernel,
+    mean_matrix,
+    pack,
+)
 
 ALPHABET: tuple[str, ...] = (
     "<cls>", "<pad>", "<eos>", "<unk>",
@@ -101,14 +115,28 @@ def resolve_layers(cfg: Esm2Config, layers: Sequence[int]) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- model
 
 
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: float) -> torch.Tensor:
-    """Rotate (and scale) queries or keys in fp32, then return them in their own dtype."""
-    xf = x.float()
-    if scale != 1.0:
-        xf = xf * scale
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (xf * cos + rotated * sin).to(x.dtype)
+def _rotate(qk: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotary positions for queries and keys together, in fp32, returned in their own dtype.
+
+    ``qk`` is (N, 2, heads, head_dim) with each head's channels interleaved as
+    (x1_0, x2_0, x1_1, x2_1, ...) (see ``interleave_rotary_channels``), so that fair-esm's
+    ``x * cos + rotate_half(x) * sin`` is one complex product with ``rope`` (N, 1, 1, head_dim/2).
+    """
+    pairs = qk.float().contiguous().unflatten(-1, (-1, 2))
+    rotated = torch.view_as_real(torch.view_as_complex(pairs) * rope)
+    return rotated.flatten(-2).to(qk.dtype)
+
+
+def interleave_rotary_channels(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    """Reorder a q or k projection's output rows per head from halves to interleaved pairs.
+
+    fair-esm rotates channel j with channel j + head_dim/2; interleaving them makes the rotation
+    a complex product. Queries and keys are permuted alike, so attention scores are unchanged.
+    """
+    head_dim = tensor.shape[0] // heads
+    within = torch.arange(head_dim).view(2, head_dim // 2).t().reshape(-1)
+    order = (torch.arange(heads)[:, None] * head_dim + within).reshape(-1)
+    return tensor[order.to(tensor.device)]
 
 
 class Esm2Block(nn.Module):
@@ -126,16 +154,13 @@ class Esm2Block(nn.Module):
         self.fc1 = nn.Linear(dim, cfg.ffn_dim, device=device)
         self.fc2 = nn.Linear(cfg.ffn_dim, dim, device=device)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        batch, length, dim = x.shape
-        qkv = self.qkv(self.self_attn_layer_norm(x))
-        q, k, v = qkv.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        q = _rotary(q, cos, sin, self.scaling)
-        k = _rotary(k, cos, sin, 1.0)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        x = x + self.out_proj(attn.transpose(1, 2).reshape(batch, length, dim))
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, attend: Attention) -> torch.Tensor:
+        """``x`` is (N, C): the batch's sequences packed back to back."""
+        tokens, dim = x.shape
+        qkv = self.qkv(self.self_attn_layer_norm(x)).view(tokens, 3, self.heads, -1)
+        qk = _rotate(qkv[:, :2], rope)
+        attn = attend(qk[:, 0], qk[:, 1], qkv[:, 2])  # scaled by head_dim ** -0.5
+        x = x + self.out_proj(attn.reshape(tokens, dim))
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 
@@ -145,7 +170,8 @@ class Esm2Model(nn.Module):
     def __init__(self, cfg: Esm2Config, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(
+        self.head_dim = cfg.embed_dim // cfg.heads
+        self.embed_tokens = uninitialised_embedding(
             cfg.vocab_size, cfg.embed_dim, padding_idx=PAD_IDX, device=device
         )
         self.layers = nn.ModuleList(Esm2Block(cfg, device) for _ in range(cfg.num_layers))
@@ -154,51 +180,49 @@ class Esm2Model(nn.Module):
         )
         # Plain fp32 attribute, not a buffer, so that casting the model never rounds it.
         self.inv_freq = default_inv_freq(cfg.embed_dim // cfg.heads)
-        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rope: torch.Tensor | None = None
 
     def set_inv_freq(self, inv_freq: torch.Tensor) -> None:
         """Use the checkpoint's rotary frequencies (kept in fp32)."""
         self.inv_freq = inv_freq.detach().float().cpu()
         self._rope = None
 
-    def _cos_sin(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotary_table(self, length: int, device: torch.device) -> torch.Tensor:
+        """exp(i * position * inv_freq) in complex64, shaped (length, 1, 1, head_dim/2)."""
         rope = self._rope
-        if rope is None or rope[0].shape[0] < length or rope[0].device != device:
-            size = max(length, 64 if rope is None else rope[0].shape[0])
+        if rope is None or rope.shape[0] < length or rope.device != device:
+            size = max(length, 64 if rope is None else rope.shape[0])
             positions = torch.arange(size, device=device, dtype=torch.float32)
-            freqs = torch.outer(positions, self.inv_freq.to(device))
-            emb = torch.cat((freqs, freqs), dim=-1)
-            rope = self._rope = (emb.cos(), emb.sin())
-        return rope[0][:length], rope[1][:length]
+            angles = torch.outer(positions, self.inv_freq.to(device))
+            rope = self._rope = torch.polar(torch.ones_like(angles), angles)[:, None, None, :]
+        return rope[:length]
 
-    def forward(
-        self, tokens: torch.Tensor, repr_layers: Sequence[int], padded: bool | None = None
-    ) -> dict[int, torch.Tensor]:
-        """Hidden states (B, T, C) by fair-esm layer number; the last is after the final LN.
+    def forward(self, packed: PackedBatch, repr_layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Hidden states (N, C) of the packed tokens by fair-esm layer number.
 
-        ``padded`` (whether any ``<pad>`` occurs) spares a device sync when the caller knows.
+        Layer 0 is the scaled embeddings; the last layer is taken after the final layer norm.
         """
         wanted = set(repr_layers)
-        padding = tokens.eq(PAD_IDX)
+        tokens = packed.tokens
         x = self.embed_tokens(tokens)
         if self.cfg.token_dropout:
             masked = tokens.eq(MASK_IDX)
             x = x.masked_fill(masked.unsqueeze(-1), 0.0)
-            observed = masked.sum(-1).float() / (~padding).sum(-1).float()
-            scale = (1.0 - MASK_RATIO_TRAIN) / (1.0 - observed)
-            x = (x.float() * scale[:, None, None]).to(x.dtype)
-        x = x.masked_fill(padding.unsqueeze(-1), 0.0)
+            counts = torch.zeros(len(packed.lengths), device=tokens.device)
+            counts.index_add_(0, packed.seq_ids, masked.float())  # small integers: exact
+            lengths = torch.tensor(packed.lengths, device=tokens.device, dtype=torch.float32)
+            scale = (1.0 - MASK_RATIO_TRAIN) / (1.0 - counts / lengths)
+            x = (x.float() * scale[packed.seq_ids, None]).to(x.dtype)
         out: dict[int, torch.Tensor] = {}
         if 0 in wanted:
             out[0] = x
-        padded = bool(padding.any()) if padded is None else padded
-        mask = (~padding)[:, None, None, :] if padded else None
-        cos, sin = self._cos_sin(tokens.shape[1], tokens.device)
+        rope = self._rotary_table(packed.max_len, tokens.device)[packed.positions]
+        attend = attention_for(packed, x.dtype, self.head_dim)
         last = len(self.layers)
         for index, layer in enumerate(self.layers, start=1):
             if len(out) == len(wanted):
                 break
-            x = layer(x, cos, sin, mask)
+            x = layer(x, rope, attend)
             if index == last:
                 x = self.emb_layer_norm_after(x)
             if index in wanted:
@@ -519,8 +543,9 @@ def build_esm2_model(
             continue
         if ".self_attn.v_proj." in name:
             head, kind = name.split(".self_attn.v_proj.")
-            parts = [state[f"{head}.self_attn.{p}.{kind}"] for p in ("q_proj", "k_proj", "v_proj")]
-            fused[f"{head}.qkv.{kind}"] = torch.cat([put(p) for p in parts])
+            q, k, v = (put(state[f"{head}.self_attn.{p}_proj.{kind}"]) for p in "qkv")
+            q, k = (interleave_rotary_channels(t, cfg.heads) for t in (q, k))
+            fused[f"{head}.qkv.{kind}"] = torch.cat([q, k, v])
         elif ".self_attn.out_proj." in name:
             fused[name.replace(".self_attn.out_proj.", ".out_proj.")] = put(tensor)
         else:
@@ -539,6 +564,8 @@ def build_esm2_model(
 
 class Esm2Embedder(Embedder):
     """Mean ESM-2 vectors over residue positions for one or several layers."""
+
+    packed = True
 
     def __init__(self, model: Esm2Model, spec: EmbedderSpec, device: torch.device) -> None:
         self.model = model
@@ -568,18 +595,12 @@ class Esm2Embedder(Embedder):
         lengths = [len(ids) for ids in batch]
         if min(lengths) < 3:
             raise InputError("an encoded protein needs <cls>, at least one residue and <eos>")
-        padded = np.full((len(batch), max(lengths)), PAD_IDX, dtype=np.int64)
-        for row, ids in enumerate(batch):
-            padded[row, : len(ids)] = ids
-        tokens = torch.from_numpy(padded).to(self.device, non_blocking=True)
-        length_t = torch.tensor(lengths, device=self.device)
-        positions = torch.arange(padded.shape[1], device=self.device)
-        residue = (positions[None, :] >= 1) & (positions[None, :] < (length_t[:, None] - 1))
-        weights = residue.float() / (length_t - 2).float()[:, None]
+        packed = pack(batch, self.device)
         with torch.inference_mode():
-            hidden = self.model(tokens, self.layers, padded=min(lengths) != max(lengths))
+            hidden = self.model(packed, self.layers)
+            weights = mean_matrix(packed, skip_first=1, skip_last=1)  # residues only
             pooled = {
-                name: torch.bmm(weights[:, None, :], hidden[layer].float()).squeeze(1)
+                name: weights @ hidden[layer].float()
                 for name, layer in zip(self.output_names, self.layers, strict=True)
             }
             finite = torch.stack([torch.isfinite(p).all() for p in pooled.values()]).all()
@@ -591,7 +612,8 @@ class Esm2Embedder(Embedder):
             per_token = None
             if self.spec.per_token:
                 first = hidden[self.layers[0]].float().cpu().numpy()
-                per_token = [first[row, 1 : n - 1].copy() for row, n in enumerate(lengths)]
+                spans = zip(packed.starts(), lengths, strict=True)
+                per_token = [first[start + 1 : start + n - 1].copy() for start, n in spans]
             arrays = {name: p.cpu().numpy().astype(np.float32) for name, p in pooled.items()}
         return EmbedOutput(arrays, per_token)
 
@@ -607,6 +629,7 @@ class Esm2Embedder(Embedder):
             "pooling": POOLING,
             "precision": _precision_name(self.dtype),
             "truncation": MAX_RESIDUES,
+            "attention": attention_kernel(self.device, self.dtype, self.model.head_dim),
             "token_dropout": self.model.cfg.token_dropout,
         }
         return {key: value for key, value in attrs.items() if value is not None}
