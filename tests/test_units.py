@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from virnucpro.engine.batching import token_budget_batches
+from virnucpro.engine.batching import computed_slots, token_budget_batches
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.units import default_unit_tokens, plan_units
 
@@ -47,6 +47,17 @@ def test_batches_respect_budget_and_keep_every_index():
     real = sum(lengths)
     slots = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     assert (slots - real) / slots < 0.05  # sorted batches pad little
+
+
+def test_packed_batches_count_real_tokens():
+    lengths = [700, 600, 600, 500, 300, 300, 100, 5, 3000]
+    batches = list(token_budget_batches(lengths, 1300, packed=True))
+    assert batches == [[8], [0, 1], [2, 3], [4, 5, 6, 7]]
+    assert [computed_slots([lengths[i] for i in b], packed=True) for b in batches] == [
+        3000, 1300, 1100, 705,
+    ]  # fmt: skip
+    assert computed_slots([700, 600], packed=False) == 1400
+    assert computed_slots([], packed=True) == 0
 
 
 def _units(n_units: int, size: int):

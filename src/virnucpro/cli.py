@@ -40,7 +40,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         "--tokens-per-batch",
         type=int,
         default=None,
-        help="token budget of a padded batch (default 4096 on CPU, 16384 on GPU)",
+        help="tokens per batch: real tokens for ESM-2 (it packs sequences), padded slots for "
+        "DNABERT-S (default 4096 on CPU, 16384 on GPU)",
     )
     g.add_argument(
         "--unit-tokens",
