@@ -168,6 +168,7 @@ def bench_geometry(key: str, fasta: Path, records, tmp: Path, args) -> dict:
     from transformers import EsmModel
 
     from virnucpro.api import resolve_model
+    from virnucpro.engine.batching import computed_slots
     from virnucpro.models.base import load_embedder
     from virnucpro.models.tiny import write_tiny_esm2_hf
     from virnucpro.reader import read_embeddings
@@ -179,7 +180,7 @@ def bench_geometry(key: str, fasta: Path, records, tmp: Path, args) -> dict:
     embedder = load_embedder(spec, torch.device("cpu"))
     batches = engine_batches(fasta, tmp / f"{key}_bare", spec, embedder, args.tokens_per_batch)
     bare_tokens = sum(len(e) for b in batches for e in b)
-    bare_slots = sum(max(len(e) for e in b) * len(b) for b in batches)
+    bare_slots = sum(computed_slots([len(e) for e in b], embedder.packed) for b in batches)
     plain = EsmModel.from_pretrained(str(folder), add_pooling_layer=False).eval()
     embedder.forward(batches[-1])  # warm-up of the in-process paths
     run_plain(plain, records[:PLAIN_BATCH])
@@ -217,18 +218,20 @@ def full_file_padding(records, tokens_per_batch: int, tmp: Path) -> tuple[float,
     """Padding of the engine's batches over the WHOLE protein file (planning only, no model),
     and its real token count."""
     from virnucpro.api import resolve_model
-    from virnucpro.models.esm2 import encode_protein
+    from virnucpro.engine.batching import computed_slots
+    from virnucpro.models.esm2 import Esm2Embedder, encode_protein
     from virnucpro.models.tiny import write_tiny_esm2_hf
 
     fasta = common.write_fasta(tmp / "all_proteins.faa", records)
     spec = resolve_model(str(write_tiny_esm2_hf(tmp / "plan_only", use_transformers=False)))
 
-    class _Encoder:  # engine_batches needs only .encode
+    class _Encoder:  # engine_batches needs only .encode and .packed
         encode = staticmethod(encode_protein)
+        packed = Esm2Embedder.packed
 
     batches = engine_batches(fasta, tmp / "plan_only_index", spec, _Encoder, tokens_per_batch)
     tokens = sum(len(e) for b in batches for e in b)
-    slots = sum(max(len(e) for e in b) * len(b) for b in batches)
+    slots = sum(computed_slots([len(e) for e in b], _Encoder.packed) for b in batches)
     return (slots - tokens) / slots, tokens
 
 

@@ -46,13 +46,13 @@ def random_state(cfg, device) -> dict:
     return state
 
 
-def engine_batches(tokens_per_batch: int) -> list[list[np.ndarray]]:
+def engine_batches(tokens_per_batch: int, fasta: Path | None = None) -> list[list[np.ndarray]]:
     """The data set encoded and cut exactly as the engine cuts it (longest first)."""
     from virnucpro.engine.batching import token_budget_batches
     from virnucpro.io.fasta import read_records
     from virnucpro.models.esm2 import encode_protein
 
-    encoded = [encode_protein(r.seq) for r in read_records(DATA)]
+    encoded = [encode_protein(r.seq) for r in read_records(fasta or DATA)]
     encoded.sort(key=len, reverse=True)
     return [
         [encoded[i] for i in b]
@@ -160,34 +160,12 @@ def check_numerics(device) -> dict:
     return out
 
 
-def main() -> None:
-    global DATA
+def measure_3b(cfg, device, args, results: dict) -> None:
+    """Numerics check, matmul ceiling, and the 3B-geometry rows (both precisions, each budget)."""
     from virnucpro.engine.batching import computed_slots
     from virnucpro.models.base import EmbedderSpec
-    from virnucpro.models.esm2 import Esm2Config, Esm2Embedder, build_esm2_model
+    from virnucpro.models.esm2 import Esm2Embedder, build_esm2_model
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="datasheet dense bf16 peak")
-    p.add_argument("--tokens-per-batch", default="4096,16384,32768,65536")
-    p.add_argument("--data", type=Path, default=DATA, help="protein FASTA (default: %(default)s)")
-    p.add_argument("--out", type=Path, help="also write the results here as JSON, row by row")
-    p.add_argument("--skip-engine", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="tiny geometry on CPU: checks the script")
-    args = p.parse_args()
-    DATA = args.data
-    if args.smoke:
-        device = torch.device("cpu")
-        results = {
-            "gpu": "none (smoke)",
-            "torch": torch.__version__,
-            "measured_bf16_matmul_tflops": 1.0,
-        }
-        cfg = Esm2Config(num_layers=2, embed_dim=64, heads=4, ffn_dim=256)
-    else:
-        device = torch.device("cuda:0")
-        results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
-        results["measured_bf16_matmul_tflops"] = measured_peak() / 1e12
-        cfg = Esm2Config(num_layers=36, embed_dim=2560, heads=40, ffn_dim=4 * 2560)
     results["numerics"] = check_numerics(device)
     print(json.dumps(results["numerics"]), flush=True)
     results["gemm_only_tflops_16k_tokens"] = gemm_ceiling(cfg, device)
@@ -228,9 +206,44 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     results["esm2_3B"] = rows
+
+
+def main() -> None:
+    global DATA
+    from virnucpro.models.esm2 import Esm2Config
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="datasheet dense bf16 peak")
+    p.add_argument("--tokens-per-batch", default="4096,16384,32768,65536")
+    p.add_argument("--data", type=Path, default=DATA, help="protein FASTA (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="also write the results here as JSON, row by row")
+    p.add_argument("--skip-engine", action="store_true")
+    p.add_argument("--only-engine", action="store_true", help="skip the 3B measurements")
+    p.add_argument("--engine-copies", default="1", help="engine runs over the file N times")
+    p.add_argument("--smoke", action="store_true", help="tiny geometry on CPU: checks the script")
+    args = p.parse_args()
+    DATA = args.data
+    if args.smoke:
+        device = torch.device("cpu")
+        results = {
+            "gpu": "none (smoke)",
+            "torch": torch.__version__,
+            "measured_bf16_matmul_tflops": 1.0,
+        }
+        cfg = Esm2Config(num_layers=2, embed_dim=64, heads=4, ffn_dim=256)
+    else:
+        device = torch.device("cuda:0")
+        results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+        results["measured_bf16_matmul_tflops"] = measured_peak() / 1e12
+        cfg = Esm2Config(num_layers=36, embed_dim=2560, heads=40, ffn_dim=4 * 2560)
+    if not args.only_engine:
+        measure_3b(cfg, device, args, results)
     if not args.skip_engine:
         try:
-            results["engine"] = engine_vs_bare(device, smoke=args.smoke)
+            results["engine"] = [
+                engine_vs_bare(device, smoke=args.smoke, copies=int(n))
+                for n in args.engine_copies.split(",")
+            ]
         except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
             stderr = getattr(exc, "stderr", "") or ""
             results["engine"] = {"error": repr(exc)[-500:], "stderr": stderr[-3000:]}
@@ -239,20 +252,30 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2))
 
 
-def engine_vs_bare(device, smoke: bool = False) -> dict:
-    """`virnucpro embed` end to end on cuda:0 vs the bare forward on the same batches."""
-    layers, hidden, heads = (2, 64, 4) if smoke else (33, 1280, 20)
+def engine_vs_bare(device, smoke: bool = False, copies: int = 1) -> dict:
+    """`virnucpro embed` end to end on cuda:0 vs the bare forward on the same batches.
+
+    ``copies`` > 1 embeds the protein file that many times over (ids made unique), so that the
+    per-job start (spawn, CUDA, weights) weighs less against the work.
+    """
+    from virnucpro.io.fasta import read_records
     from virnucpro.models.base import EmbedderSpec, load_embedder
     from virnucpro.models.tiny import write_tiny_esm2_hf
 
+    layers, hidden, heads = (2, 64, 4) if smoke else (33, 1280, 20)
     tmp = Path(tempfile.mkdtemp())
+    fasta = tmp / "proteins.faa"
+    with fasta.open("w") as handle:
+        for record in read_records(DATA):
+            for copy in range(copies):
+                handle.write(f">{record.id}_c{copy}\n{record.seq}\n")
     folder = write_tiny_esm2_hf(
         tmp / "esm2_random", num_layers=layers, hidden=hidden, heads=heads, use_transformers=False
     )
     embedder = load_embedder(
         EmbedderSpec("esm2", str(folder), "random-650M", precision="bf16"), device
     )
-    batches = engine_batches(16384)
+    batches = engine_batches(16384, fasta)
     bare = time_forward(embedder, batches, repeats=1)
     real = sum(len(e) for b in batches for e in b)
     del embedder
@@ -265,7 +288,7 @@ def engine_vs_bare(device, smoke: bool = False) -> dict:
             "-m",
             "virnucpro",
             "embed",
-            str(DATA),
+            str(fasta),
             "-o",
             str(tmp / "out"),
             "--model",
@@ -285,14 +308,19 @@ def engine_vs_bare(device, smoke: bool = False) -> dict:
     wall = time.perf_counter() - start
     report = json.loads((tmp / "out" / "run.json").read_text())
     compute = report["timings_s"]["compute"]
-    timings = report["timings_s"]
+    log_lines = (tmp / "out" / "logs" / "worker_0.log").read_text().splitlines()
     return {
+        "proteins": report["counts"]["embedded"] if "counts" in report else None,
+        "tokens": real,
+        "bare_s": bare,
         "bare_tokens_per_s": real / bare,
         "engine_compute_tokens_per_s": real / compute,
         "engine_wall_s_incl_start": wall,
         "ratio_compute_vs_bare": bare / compute,
         "padding_fraction": report["padding_fraction"],
-        "timings_s": timings,
+        "timings_s": report["timings_s"],
+        "worker_log_head": log_lines[:6],
+        "worker_log_tail": log_lines[-4:],
     }
 
 

@@ -179,7 +179,10 @@ def test_ray_output_equals_local(ray_cluster, local_run, tmp_path, proteins, tin
     assert report["parameters"]["backend"] == "ray"
     assert sum(w["units"] for w in report["workers"]) == report["units"]["planned"]
     assert report["counts"]["embedded"] == len(protein_records())
-    assert "(Ray actor)" in (out / "logs" / "worker_0.log").read_text()
+    # Whichever actor was ready first may have done every unit of this small job before the
+    # other started; each actor that ran logs to its own file.
+    logs = sorted((out / "logs").glob("worker_*.log"))
+    assert logs and all("(Ray actor)" in log.read_text() for log in logs)
 
 
 def _actor_pid_once_busy(log: Path, timeout: float = 120) -> int:

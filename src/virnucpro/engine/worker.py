@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -231,6 +232,7 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
             key = None
         conn.send(("stopped",))
         log.info("worker %d stopped", config.rank)
+        _exit_without_teardown(conn)
     except (VirnucproError, OutOfMemoryError) as exc:
         log.error("%s", exc)
         _report_error(conn, key, str(exc))
@@ -239,6 +241,19 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
         log.error("unexpected error:\n%s", traceback.format_exc())
         _report_error(conn, key, f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None
+
+
+def _exit_without_teardown(conn: Connection) -> None:
+    """Leave now, skipping the interpreter's teardown (about 0.7 s with torch loaded).
+
+    Every unit is committed (fsynced) and reported before this point, and the log is flushed
+    here, so nothing is lost; the parent, which joins this process, can merge sooner.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    conn.close()
+    os._exit(0)
 
 
 def _report_error(conn: Connection, key: str | None, message: str) -> None:
