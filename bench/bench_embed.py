@@ -331,13 +331,7 @@ def main() -> None:
     parser.add_argument("--models", default="t6,t12", help=f"of {', '.join(GEOMETRIES)}")
     parser.add_argument("--workers", default="1,2", help="CPU worker counts to run end to end")
     parser.add_argument("--tokens-per-batch", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--max-wait",
-        type=float,
-        default=60.0,
-        help="seconds to wait for a quiet machine before each measurement",
-    )
+    common.add_measurement_options(parser)
     args = parser.parse_args()
     worker_list = args.workers
     args.workers = [int(w) for w in args.workers.split(",")]

@@ -120,14 +120,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=500)
     parser.add_argument("--chunk-size", type=int, default=500)
     parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--max-wait",
-        type=float,
-        default=60.0,
-        help="seconds to wait for a quiet machine before each measurement",
-    )
+    common.add_measurement_options(parser)
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     quiet = common.Quiet(max_wait=args.max_wait)

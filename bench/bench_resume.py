@@ -334,13 +334,7 @@ def main() -> None:
         help="unit size for (a): small units make many unit files to resume from",
     )
     parser.add_argument("--tokens-per-batch", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--max-wait",
-        type=float,
-        default=60.0,
-        help="seconds to wait for a quiet machine before each measurement",
-    )
+    common.add_measurement_options(parser)
     args = parser.parse_args()
     quiet = common.Quiet(max_wait=args.max_wait)
     info = common.print_machine()

@@ -285,3 +285,14 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+def add_measurement_options(parser) -> None:
+    """``--repeats`` and ``--max-wait``, shared by the CPU benchmarks."""
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a quiet machine before each measurement",
+    )

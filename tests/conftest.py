@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +63,67 @@ def tiny_esm_hf(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def proteins(tmp_path_factory) -> Path:
     return write_fasta(tmp_path_factory.mktemp("inputs") / "proteins.fa", protein_records())
+
+
+def embed_args(
+    inputs: Path, out: Path, model: Path, *extra: str, workers: int = 1, unit_tokens: int = 600
+) -> list[str]:
+    """``virnucpro embed`` on CPU, quiet, with small batches (512 tokens) and units."""
+    return [
+        "embed",
+        str(inputs),
+        "-o",
+        str(out),
+        "--model",
+        str(model),
+        "--devices",
+        "cpu",
+        "--workers",
+        str(workers),
+        "--tokens-per-batch",
+        "512",
+        "--unit-tokens",
+        str(unit_tokens),
+        "--quiet",
+        *extra,
+    ]
+
+
+def predict_args(
+    inputs: Path,
+    out: Path,
+    models: dict[str, Path],
+    *extra: str,
+    workers: int = 1,
+    small_batches: bool = False,
+) -> list[str]:
+    """``virnucpro predict`` on CPU, quiet, with the models of ``write_random_models``.
+
+    ``small_batches``: 512 tokens per batch and units of 600 tokens (many units to kill in).
+    """
+    small = ["--tokens-per-batch", "512", "--unit-tokens", "600"] if small_batches else []
+    return [
+        "predict",
+        str(inputs),
+        "-o",
+        str(out),
+        "--esm-model",
+        str(models["esm"]),
+        "--dnabert-model",
+        str(models["dnabert"]),
+        "--classifier",
+        str(models["classifier"]),
+        "--devices",
+        "cpu",
+        "--workers",
+        str(workers),
+        *small,
+        "--quiet",
+        *extra,
+    ]
+
+
+def read_h5(path: Path) -> tuple[list[str], np.ndarray]:
+    """(ids, embeddings) of an output file."""
+    with h5py.File(path, "r") as f:
+        return [s.decode() for s in f["ids"][()]], f["embeddings"][()]

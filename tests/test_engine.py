@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import protein_records, run_cli, write_fasta
+from conftest import embed_args, protein_records, read_h5, run_cli, write_fasta
 
 ALPHABET = (
     "<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>"
@@ -37,42 +37,16 @@ def reference_vectors(model_dir: Path, records) -> dict[str, np.ndarray]:
     return out
 
 
-def read(path: Path) -> tuple[list[str], np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return [s.decode() for s in f["ids"][()]], f["embeddings"][()]
-
-
-def embed_args(inputs: Path, out: Path, model: Path, workers: int, *extra: str) -> list[str]:
-    return [
-        "embed",
-        str(inputs),
-        "-o",
-        str(out),
-        "--model",
-        str(model),
-        "--devices",
-        "cpu",
-        "--workers",
-        str(workers),
-        "--tokens-per-batch",
-        "512",
-        "--unit-tokens",
-        "600",
-        "--quiet",
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory, proteins, tiny_esm_hf) -> Path:
     out = tmp_path_factory.mktemp("run") / "w1"
-    result = run_cli(*embed_args(proteins, out, tiny_esm_hf, 1))
+    result = run_cli(*embed_args(proteins, out, tiny_esm_hf))
     assert result.returncode == 0, result.stderr
     return out
 
 
 def test_vectors_equal_reference(one_worker, tiny_esm_hf):
-    ids, vectors = read(one_worker / "embeddings.h5")
+    ids, vectors = read_h5(one_worker / "embeddings.h5")
     records = protein_records()
     assert ids == [rid for rid, _ in records]  # input order
     reference = reference_vectors(tiny_esm_hf, records)
@@ -89,10 +63,10 @@ def test_vectors_equal_reference(one_worker, tiny_esm_hf):
 @pytest.mark.parametrize("workers", [2, 3])
 def test_output_independent_of_worker_count(one_worker, tmp_path, proteins, tiny_esm_hf, workers):
     out = tmp_path / f"w{workers}"
-    result = run_cli(*embed_args(proteins, out, tiny_esm_hf, workers))
+    result = run_cli(*embed_args(proteins, out, tiny_esm_hf, workers=workers))
     assert result.returncode == 0, result.stderr
-    ids1, v1 = read(one_worker / "embeddings.h5")
-    ids, v = read(out / "embeddings.h5")
+    ids1, v1 = read_h5(one_worker / "embeddings.h5")
+    ids, v = read_h5(out / "embeddings.h5")
     assert ids == ids1
     np.testing.assert_allclose(v, v1, atol=1e-6, rtol=0)
     report = json.loads((out / "run.json").read_text())
@@ -104,7 +78,7 @@ def test_output_independent_of_worker_count(one_worker, tmp_path, proteins, tiny
 
 
 def _check_partial(out: Path, reference_dir: Path, expect_missing: set[str] | None = None):
-    ids, vectors = read(out / "embeddings.h5")
+    ids, vectors = read_h5(out / "embeddings.h5")
     all_ids = [rid for rid, _ in protein_records()]
     missing = [line.split("\t")[0] for line in (out / "missing.tsv").read_text().splitlines()[1:]]
     assert missing and set(missing).isdisjoint(ids)
@@ -112,7 +86,7 @@ def _check_partial(out: Path, reference_dir: Path, expect_missing: set[str] | No
     assert ids == [i for i in all_ids if i not in set(missing)]  # input order kept
     if expect_missing is not None:
         assert expect_missing <= set(missing)
-    ref_ids, ref = read(reference_dir / "embeddings.h5")
+    ref_ids, ref = read_h5(reference_dir / "embeddings.h5")
     row = {rid: i for i, rid in enumerate(ref_ids)}
     np.testing.assert_allclose(vectors, ref[[row[i] for i in ids]], atol=1e-6, rtol=0)
     return json.loads((out / "run.json").read_text())
@@ -121,7 +95,7 @@ def _check_partial(out: Path, reference_dir: Path, expect_missing: set[str] | No
 def test_crash_hook_fails_rank_partial_output(one_worker, tmp_path, proteins, tiny_esm_hf):
     out = tmp_path / "crash"
     result = run_cli(
-        *embed_args(proteins, out, tiny_esm_hf, 2, "--max-retries", "0"),
+        *embed_args(proteins, out, tiny_esm_hf, "--max-retries", "0", workers=2),
         env={"VIRNUCPRO_TEST_CRASH_ID": "p007"},
     )
     assert result.returncode == 2, result.stderr
@@ -154,7 +128,7 @@ def test_real_sigkill_of_a_worker(one_worker, tmp_path, proteins, tiny_esm_hf):
             sys.executable,
             "-m",
             "virnucpro",
-            *embed_args(proteins, out, tiny_esm_hf, 2, "--max-retries", "0"),
+            *embed_args(proteins, out, tiny_esm_hf, "--max-retries", "0", workers=2),
         ],
         env=env,
         stderr=subprocess.PIPE,
@@ -186,7 +160,7 @@ def test_api_failed_ranks_and_raise(one_worker, tmp_path, proteins, tiny_esm_hf,
     output = run_esm2_multi_gpu(
         [proteins], tmp_path / "api3", world_size=1, model_name=str(tiny_esm_hf), **options
     )
-    assert read(output)[0] == read(one_worker / "embeddings.h5")[0]
+    assert read_h5(output)[0] == read_h5(one_worker / "embeddings.h5")[0]
 
 
 BAD_INPUTS = {
@@ -211,7 +185,7 @@ def test_bad_input_clear_error_no_output(tmp_path, tiny_esm_hf, name):
         data, expected = BAD_INPUTS[name]
         path.write_bytes(data)
     out = tmp_path / "out"
-    result = run_cli(*embed_args(path, out, tiny_esm_hf, 1))
+    result = run_cli(*embed_args(path, out, tiny_esm_hf))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -222,7 +196,7 @@ def test_bad_input_clear_error_no_output(tmp_path, tiny_esm_hf, name):
 
 def test_index_cache_reused_and_rerun_is_a_no_op(one_worker, proteins, tiny_esm_hf):
     before = (one_worker / "embeddings.h5").stat().st_mtime_ns
-    result = run_cli(*embed_args(proteins, one_worker, tiny_esm_hf, 1))
+    result = run_cli(*embed_args(proteins, one_worker, tiny_esm_hf))
     assert result.returncode == 0, result.stderr
     assert (one_worker / "embeddings.h5").stat().st_mtime_ns == before
 
@@ -230,12 +204,12 @@ def test_index_cache_reused_and_rerun_is_a_no_op(one_worker, proteins, tiny_esm_
 def test_changed_input_on_resume_is_refused(tmp_path, tiny_esm_hf):
     inputs = write_fasta(tmp_path / "in.fa", protein_records(12, seed=5))
     out = tmp_path / "out"
-    assert run_cli(*embed_args(inputs, out, tiny_esm_hf, 1)).returncode == 0
+    assert run_cli(*embed_args(inputs, out, tiny_esm_hf)).returncode == 0
     before = (out / "embeddings.h5").read_bytes()
     write_fasta(inputs, protein_records(13, seed=6))
-    result = run_cli(*embed_args(inputs, out, tiny_esm_hf, 1))
+    result = run_cli(*embed_args(inputs, out, tiny_esm_hf))
     assert result.returncode == 1 and "--restart" in result.stderr
     assert (out / "embeddings.h5").read_bytes() == before
-    result = run_cli(*embed_args(inputs, out, tiny_esm_hf, 1, "--restart"))
+    result = run_cli(*embed_args(inputs, out, tiny_esm_hf, "--restart"))
     assert result.returncode == 0, result.stderr
-    assert len(read(out / "embeddings.h5")[0]) == 13
+    assert len(read_h5(out / "embeddings.h5")[0]) == 13

@@ -8,10 +8,11 @@ import os
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED, run_cli
+from conftest import REPO, SHARED, predict_args, run_cli
 
 FIXTURES = SHARED / "fixtures" / "original"
 EXAMPLE = REPO / "examples" / "example.fna"
@@ -22,27 +23,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from virnucpro.pipeline.selfcheck import write_random_models
 
     return write_random_models(tmp_path_factory.mktemp("models"))
-
-
-def predict_args(inputs: Path, out: Path, models: dict[str, Path], *extra: str) -> list[str]:
-    return [
-        "predict",
-        str(inputs),
-        "-o",
-        str(out),
-        "--esm-model",
-        str(models["esm"]),
-        "--dnabert-model",
-        str(models["dnabert"]),
-        "--classifier",
-        str(models["classifier"]),
-        "--devices",
-        "cpu",
-        "--workers",
-        "1",
-        "--quiet",
-        *extra,
-    ]
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
@@ -213,3 +193,18 @@ def test_real_models_match_original_outputs(tmp_path):
     assert (out / "prediction_results_highestscore.csv").read_text() == (
         ref / "prediction_results_highestscore.csv"
     ).read_text()
+
+
+def test_selfcheck_runs_the_pipeline_offline_with_the_precision_asked(tmp_path):
+    out = tmp_path / "check"
+    result = run_cli(
+        "selfcheck", str(EXAMPLE), "-o", str(out), "--devices", "cpu", "--workers", "1",
+        "--precision", "bf16", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "MACHINERY CHECK" in result.stderr and "selfcheck OK: 26 records" in result.stderr
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
+        assert (out / "predict" / name).is_file()
+    for stage in ("dnabert_s", "esm2"):
+        with h5py.File(out / "predict" / "stages" / stage / "embeddings.h5", "r") as f:
+            assert f.attrs["precision"] == "bfloat16"

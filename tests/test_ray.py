@@ -17,38 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-from conftest import protein_records, run_cli
+from conftest import embed_args, protein_records, read_h5, run_cli
 
 MARK = "VIRNUCPRO_RAY_TEST_MARK"
-
-
-def embed_args(inputs: Path, out: Path, model: Path, *extra: str) -> list[str]:
-    return [
-        "embed",
-        str(inputs),
-        "-o",
-        str(out),
-        "--model",
-        str(model),
-        "--devices",
-        "cpu",
-        "--workers",
-        "2",
-        "--tokens-per-batch",
-        "512",
-        "--unit-tokens",
-        "600",
-        "--quiet",
-        *extra,
-    ]
-
-
-def read(path: Path) -> tuple[list[str], np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return [s.decode() for s in f["ids"][()]], f["embeddings"][()]
 
 
 def free_port() -> int:
@@ -137,14 +110,14 @@ def ray_cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, proteins, tiny_esm_hf) -> Path:
     out = tmp_path_factory.mktemp("local") / "out"
-    result = run_cli(*embed_args(proteins, out, tiny_esm_hf))
+    result = run_cli(*embed_args(proteins, out, tiny_esm_hf, workers=2))
     assert result.returncode == 0, result.stderr
     return out
 
 
 def assert_same_output(out: Path, reference: Path) -> None:
-    ids, vectors = read(out / "embeddings.h5")
-    ref_ids, ref = read(reference / "embeddings.h5")
+    ids, vectors = read_h5(out / "embeddings.h5")
+    ref_ids, ref = read_h5(reference / "embeddings.h5")
     assert ids == ref_ids == [rid for rid, _ in protein_records()]
     np.testing.assert_allclose(vectors, ref, atol=1e-6, rtol=0)
 
@@ -172,7 +145,7 @@ def test_missing_ray_names_the_extra(monkeypatch):
 
 def test_ray_output_equals_local(ray_cluster, local_run, tmp_path, proteins, tiny_esm_hf):
     out = tmp_path / "ray"
-    result = ray_cli(ray_cluster, *embed_args(proteins, out, tiny_esm_hf))
+    result = ray_cli(ray_cluster, *embed_args(proteins, out, tiny_esm_hf, workers=2))
     assert result.returncode == 0, result.stderr
     assert_same_output(out, local_run)
     report = json.loads((out / "run.json").read_text())
@@ -205,7 +178,7 @@ def test_killed_actor_is_replaced_and_output_complete(
             sys.executable,
             "-m",
             "virnucpro",
-            *embed_args(proteins, out, tiny_esm_hf),
+            *embed_args(proteins, out, tiny_esm_hf, workers=2),
             "--max-retries",
             "3",
             "--backend",
@@ -238,7 +211,7 @@ def test_hung_actor_is_killed_and_rank_failed(
     out = tmp_path / "hung"
     result = ray_cli(
         ray_cluster,
-        *embed_args(proteins, out, tiny_esm_hf),
+        *embed_args(proteins, out, tiny_esm_hf, workers=2),
         "--max-retries",
         "0",
         "--worker-timeout",
@@ -246,11 +219,11 @@ def test_hung_actor_is_killed_and_rank_failed(
         env={"VIRNUCPRO_TEST_HANG_ID": "p007"},
     )
     assert result.returncode == 2, result.stderr
-    ids, vectors = read(out / "embeddings.h5")
+    ids, vectors = read_h5(out / "embeddings.h5")
     missing = [line.split("\t")[0] for line in (out / "missing.tsv").read_text().splitlines()[1:]]
     assert "p007" in missing and set(missing).isdisjoint(ids)
     assert sorted(ids + missing) == sorted(rid for rid, _ in protein_records())
-    ref_ids, ref = read(local_run / "embeddings.h5")
+    ref_ids, ref = read_h5(local_run / "embeddings.h5")
     row = {rid: i for i, rid in enumerate(ref_ids)}
     np.testing.assert_allclose(vectors, ref[[row[i] for i in ids]], atol=1e-6, rtol=0)
     report = json.loads((out / "run.json").read_text())
@@ -264,7 +237,7 @@ def test_unreachable_cluster_is_a_one_line_error(tmp_path, proteins, tiny_esm_hf
     out = tmp_path / "nowhere"
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     result = run_cli(
-        *embed_args(proteins, out, tiny_esm_hf),
+        *embed_args(proteins, out, tiny_esm_hf, workers=2),
         "--backend",
         "ray",
         "--ray-address",
@@ -310,7 +283,7 @@ def test_private_ray_instance_is_contained(local_run, tmp_path_factory, proteins
                 sys.executable,
                 "-m",
                 "virnucpro",
-                *embed_args(proteins, out, tiny_esm_hf),
+                *embed_args(proteins, out, tiny_esm_hf, workers=2),
                 "--backend",
                 "ray",
             ],
@@ -340,7 +313,7 @@ def test_sigint_stops_at_unit_boundary_then_resumes(
 ):
     out = tmp_path / "interrupted"
     args = [
-        *embed_args(proteins, out, tiny_esm_hf),
+        *embed_args(proteins, out, tiny_esm_hf, workers=2),
         "--backend",
         "ray",
         "--ray-address",
@@ -361,7 +334,7 @@ def test_sigint_stops_at_unit_boundary_then_resumes(
     assert "interrupted by SIGINT" in stderr
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     committed = len(list((out / "work" / "units").glob("*.h5")))
-    result = ray_cli(ray_cluster, *embed_args(proteins, out, tiny_esm_hf))
+    result = ray_cli(ray_cluster, *embed_args(proteins, out, tiny_esm_hf, workers=2))
     assert result.returncode == 0, result.stderr
     assert_same_output(out, local_run)
     report = json.loads((out / "run.json").read_text())

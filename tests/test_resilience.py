@@ -22,11 +22,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, protein_records, write_fasta
+from conftest import REPO, embed_args, predict_args, protein_records, read_h5, write_fasta
 
 EXAMPLE = REPO / "examples" / "example.fna"
 ALL_IDS = [rid for rid, _ in protein_records()]
-ENGINE = ("--devices", "cpu", "--tokens-per-batch", "512", "--quiet")
 WAIT = 240.0  # generous: seconds to wait for a file or a log line, never a timing assertion
 
 
@@ -125,24 +124,6 @@ def kill_group(proc: Run) -> None:
 
 
 # -- run directories ----------------------------------------------------------------------------
-def embed_args(inputs: Path, out: Path, model: Path, *extra: str, workers: int = 1) -> list[str]:
-    return [
-        "embed",
-        str(inputs),
-        "-o",
-        str(out),
-        "--model",
-        str(model),
-        *ENGINE,
-        "--workers",
-        str(workers),
-        *extra,
-    ]
-
-
-def read_h5(path: Path) -> tuple[list[str], np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return [s.decode() for s in f["ids"][()]], f["embeddings"][()]
 
 
 def report(out: Path) -> dict:
@@ -197,7 +178,7 @@ def reference(tmp_path_factory, proteins, tiny_esm_hf) -> tuple[list[str], np.nd
     """An uninterrupted run with the parameters of the tests: ids, vectors, units planned."""
     out = tmp_path_factory.mktemp("reference") / "out"
     r = Runner(out.parent)
-    code, stderr = r.run(*embed_args(proteins, out, tiny_esm_hf, "--unit-tokens", "600"))
+    code, stderr = r.run(*embed_args(proteins, out, tiny_esm_hf))
     assert code == 0, stderr
     ids, vectors = read_h5(out / "embeddings.h5")
     assert ids == ALL_IDS
@@ -222,7 +203,7 @@ def test_sigkill_group_then_resume_embed(runner, tmp_path, proteins, tiny_esm_hf
     hooks, workers, wait_for = KILL_POINTS[point]
     planned = reference[2]
     out = tmp_path / "out"
-    args = embed_args(proteins, out, tiny_esm_hf, "--unit-tokens", "600", workers=workers)
+    args = embed_args(proteins, out, tiny_esm_hf, workers=workers)
     proc = runner.start(*args, hooks=hooks)
     if wait_for == "job":  # index built, job recorded, workers being spawned
         wait_until(lambda: (out / "work" / "job.json").exists(), "job.json", proc)
@@ -250,25 +231,6 @@ def test_sigkill_group_then_resume_embed(runner, tmp_path, proteins, tiny_esm_hf
 
 
 # -- SIGKILL of a predict run, twice, then the same command again -------------------------------
-def predict_args(inputs: Path, out: Path, models: dict[str, Path]) -> list[str]:
-    return [
-        "predict",
-        str(inputs),
-        "-o",
-        str(out),
-        "--esm-model",
-        str(models["esm"]),
-        "--dnabert-model",
-        str(models["dnabert"]),
-        "--classifier",
-        str(models["classifier"]),
-        *ENGINE,
-        "--workers",
-        "1",
-        "--unit-tokens",
-        "600",
-    ]
-
 
 TABLES = (
     "prediction_results.txt",
@@ -308,11 +270,11 @@ def test_sigkill_group_then_resume_predict(runner, tmp_path, predict_models):
     inputs = tmp_path / "example.fna"
     shutil.copy(EXAMPLE, inputs)
     ref = tmp_path / "reference"
-    code, stderr = runner.run(*predict_args(inputs, ref, predict_models))
+    code, stderr = runner.run(*predict_args(inputs, ref, predict_models, small_batches=True))
     assert code == 0, stderr
 
     out = tmp_path / "out"
-    args = predict_args(inputs, out, predict_models)
+    args = predict_args(inputs, out, predict_models, small_batches=True)
     slow = {"VIRNUCPRO_TEST_DELAY": "0.5"}
     dna, esm = out / "stages" / "dnabert_s", out / "stages" / "esm2"
 
@@ -358,7 +320,7 @@ def test_worker_killed_once_is_respawned_and_retried(
     out = tmp_path / "out"
     # one second per batch: the worker is still inside its first unit when it is killed
     proc = runner.start(
-        *embed_args(proteins, out, tiny_esm_hf, "--unit-tokens", "600"),
+        *embed_args(proteins, out, tiny_esm_hf),
         hooks={"VIRNUCPRO_TEST_DELAY": "1"},
     )
     log = out / "logs" / "worker_0.log"
@@ -382,9 +344,7 @@ def test_poison_sequence_is_isolated_and_not_retried_on_resume(
 ):
     out = tmp_path / "out"
     # small units: p007 shares its unit with others, so isolating it takes splits
-    args = embed_args(
-        proteins, out, tiny_esm_hf, "--unit-tokens", "100", "--max-retries", "1", workers=2
-    )
+    args = embed_args(proteins, out, tiny_esm_hf, "--max-retries", "1", workers=2, unit_tokens=100)
     poison = {"VIRNUCPRO_TEST_CRASH_ID": "p007"}  # kills its worker every time
     code, stderr = runner.run(*args, hooks=poison)
     assert code == 2, stderr
@@ -419,13 +379,12 @@ def test_hung_worker_is_killed_after_timeout(runner, tmp_path, proteins, tiny_es
         proteins,
         out,
         tiny_esm_hf,
-        "--unit-tokens",
-        "30",
         "--max-retries",
         "1",
         "--worker-timeout",
         "5",
         workers=2,
+        unit_tokens=30,
     )
     code, stderr = runner.run(*args, hooks={"VIRNUCPRO_TEST_HANG_ID": "p007"})
     assert code == 2, stderr
@@ -445,7 +404,7 @@ def test_out_of_memory_splits_the_batch(runner, tmp_path, proteins, tiny_esm_hf,
     out = tmp_path / "out"
     # p017 (5 residues) is in the last unit, whose batches hold many short sequences
     code, stderr = runner.run(
-        *embed_args(proteins, out, tiny_esm_hf, "--unit-tokens", "600"),
+        *embed_args(proteins, out, tiny_esm_hf),
         hooks={"VIRNUCPRO_TEST_OOM_ID": "p017"},
     )
     assert code == 2, stderr
@@ -460,7 +419,7 @@ def test_out_of_memory_splits_the_batch(runner, tmp_path, proteins, tiny_esm_hf,
 
 def test_slow_worker_receives_fewer_units(runner, tmp_path, proteins, tiny_esm_hf, reference):
     out = tmp_path / "out"
-    args = embed_args(proteins, out, tiny_esm_hf, "--unit-tokens", "60", workers=2)
+    args = embed_args(proteins, out, tiny_esm_hf, workers=2, unit_tokens=60)
     code, stderr = runner.run(*args, hooks={"VIRNUCPRO_TEST_DELAY": "1=1.0"})  # rank 1 is slow
     assert code == 0, stderr
     assert_matches(out, reference[:2])
@@ -488,7 +447,7 @@ def test_changed_job_on_resume_is_refused(runner, tmp_path, tiny_esm_hf, change)
     model = tmp_path / "model"
     shutil.copytree(tiny_esm_hf, model)
     out = tmp_path / "out"
-    args = embed_args(inputs, out, model, "--unit-tokens", "600")
+    args = embed_args(inputs, out, model)
     proc = runner.start(*args, hooks={"VIRNUCPRO_TEST_HANG_ID": "p_one"})  # pinned in the last unit
     wait_until(lambda: n_committed(out) >= 1, "a committed unit", proc)
     kill_group(proc)
@@ -519,7 +478,7 @@ def test_signal_to_parent_stops_gracefully_and_resumes(
     runner, tmp_path, proteins, tiny_esm_hf, reference, signum
 ):
     out = tmp_path / "out"
-    args = embed_args(proteins, out, tiny_esm_hf, "--unit-tokens", "600")
+    args = embed_args(proteins, out, tiny_esm_hf)
     proc = runner.start(*args, hooks={"VIRNUCPRO_TEST_DELAY": "0.5"})
     wait_until(lambda: n_committed(out) >= 1, "a committed unit", proc)
     os.kill(proc.pid, signum)  # the parent only, not the group
@@ -553,7 +512,7 @@ def test_second_signal_stops_at_once(runner, tmp_path, proteins, tiny_esm_hf, re
     out = tmp_path / "out"
     # the worker hangs in the last unit and no timeout applies: it never reaches a batch
     # boundary, so only the second signal can end the run
-    args = embed_args(proteins, out, tiny_esm_hf, "--unit-tokens", "600", "--worker-timeout", "0")
+    args = embed_args(proteins, out, tiny_esm_hf, "--worker-timeout", "0")
     proc = runner.start(*args, hooks={"VIRNUCPRO_TEST_HANG_ID": "p_one"})
     wait_until(
         log_has(out / "logs" / "worker_0.log", "VIRNUCPRO_TEST_HANG_ID: hanging on p_one"),

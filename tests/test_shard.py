@@ -5,24 +5,23 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-from conftest import run_cli
-from test_engine import embed_args, read
-from test_predict import EXAMPLE, predict_args
+from conftest import embed_args, predict_args, read_h5, run_cli
+from test_predict import EXAMPLE
 
 
 def test_three_shards_then_merge_equal_a_single_run(tmp_path, proteins, tiny_esm_hf):
     single = tmp_path / "single"
-    assert run_cli(*embed_args(proteins, single, tiny_esm_hf, 1)).returncode == 0
+    assert run_cli(*embed_args(proteins, single, tiny_esm_hf)).returncode == 0
     sharded = tmp_path / "sharded"
     for i in range(3):
-        result = run_cli(*embed_args(proteins, sharded, tiny_esm_hf, 1, "--shard", f"{i}/3"))
+        result = run_cli(*embed_args(proteins, sharded, tiny_esm_hf, "--shard", f"{i}/3"))
         assert result.returncode == 0, result.stderr
         assert "virnucpro merge" in result.stderr
         assert not (sharded / "embeddings.h5").exists()
     result = run_cli("merge", str(sharded), "--quiet")
     assert result.returncode == 0, result.stderr
-    ids, vectors = read(sharded / "embeddings.h5")
-    ids1, vectors1 = read(single / "embeddings.h5")
+    ids, vectors = read_h5(sharded / "embeddings.h5")
+    ids1, vectors1 = read_h5(single / "embeddings.h5")
     assert ids == ids1
     np.testing.assert_allclose(vectors, vectors1, atol=1e-6, rtol=0)
 
@@ -30,9 +29,7 @@ def test_three_shards_then_merge_equal_a_single_run(tmp_path, proteins, tiny_esm
 def test_merge_with_a_missing_shard_names_it(tmp_path, proteins, tiny_esm_hf):
     out = tmp_path / "out"
     for i in (0, 2):
-        assert (
-            run_cli(*embed_args(proteins, out, tiny_esm_hf, 1, "--shard", f"{i}/3")).returncode == 0
-        )
+        assert run_cli(*embed_args(proteins, out, tiny_esm_hf, "--shard", f"{i}/3")).returncode == 0
     result = run_cli("merge", str(out), "--quiet")
     assert result.returncode == 1
     assert "1/3" in result.stderr and "missing" in result.stderr

@@ -87,6 +87,49 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
+def record_death(
+    worker: WorkerState, reason: str, scheduler: Scheduler, max_retries: int, stopping: bool
+) -> bool:
+    """Book a worker's death (its in-flight unit goes back to the scheduler or is lost).
+
+    Returns True when the rank may be respawned; otherwise it is marked failed. Both backends
+    use this rule, so a rank fails after the same number of consecutive deaths everywhere.
+    """
+    worker.deaths.append(reason)
+    worker.consecutive_deaths += 1
+    unit = scheduler.worker_lost(worker.rank, reason)
+    lost = f" while computing unit {unit.key} ({len(unit)} sequences)" if unit else ""
+    log.warning("%s%s", reason, lost)  # the terminal handler shows it unless --quiet
+    limit = 2 * (max_retries + 1) + ISOLATION_ALLOWANCE
+    if max_retries > 0 and not stopping and worker.consecutive_deaths < limit:
+        worker.respawns += 1
+        return True
+    worker.status = "failed"
+    return False
+
+
+def live_workers(
+    workers: list[WorkerState], scheduler: Scheduler, stopping: bool
+) -> list[WorkerState] | None:
+    """The live workers, or None when the main loop should end (stopped and idle, or none left)."""
+    live = [w for w in workers if w.alive]
+    if stopping and all(w.status != "busy" for w in live):
+        return None
+    if not live:
+        scheduler.abandon_pending("no worker left: every rank failed")
+        return None
+    return live
+
+
+def announce_stop(signum: int) -> None:
+    """The message for the first SIGINT/SIGTERM (both backends)."""
+    log.warning(
+        "%s received: workers stop at the next batch boundary and committed work is "
+        "kept; send it again to stop at once",
+        signal.Signals(signum).name,
+    )
+
+
 class LocalBackend:
     """Runs a scheduler's units on local worker processes."""
 
@@ -186,18 +229,9 @@ class LocalBackend:
             reason += f": {worker.last_error}"
         if worker.status == "stopped":
             return
-        worker.deaths.append(reason)
-        worker.consecutive_deaths += 1
-        unit = scheduler.worker_lost(worker.rank, reason)
         worker.conn.close()
-        lost = f" while computing unit {unit.key} ({len(unit)} sequences)" if unit else ""
-        log.warning("%s%s", reason, lost)  # the terminal handler shows it unless --quiet
-        limit = 2 * (self.max_retries + 1) + ISOLATION_ALLOWANCE
-        if self.max_retries > 0 and not self.stop_signal and worker.consecutive_deaths < limit:
-            worker.respawns += 1
+        if record_death(worker, reason, scheduler, self.max_retries, bool(self.stop_signal)):
             self._start(worker)
-        else:
-            worker.status = "failed"
         for other in self.workers:
             self._assign(other, scheduler)
 
@@ -218,11 +252,7 @@ class LocalBackend:
         if self.stop_signal is None or self.stops_sent:
             return
         self.stops_sent = True
-        log.warning(
-            "%s received: workers stop at the next batch boundary and committed work is "
-            "kept; send it again to stop at once",
-            signal.Signals(self.stop_signal).name,
-        )
+        announce_stop(self.stop_signal)
         for worker in self.workers:
             if worker.alive:
                 self._send(worker, ("stop",))
@@ -253,11 +283,8 @@ class LocalBackend:
     def _loop(self, scheduler: Scheduler, progress: Progress) -> None:
         while not scheduler.finished:
             self._send_stops()
-            live = [w for w in self.workers if w.alive]
-            if self.stop_signal is not None and all(w.status != "busy" for w in live):
-                return
-            if not live:
-                scheduler.abandon_pending("no worker left: every rank failed")
+            live = live_workers(self.workers, scheduler, self.stop_signal is not None)
+            if live is None:
                 return
             by_object: dict = {}
             for worker in live:

@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from virnucpro.engine.hooks import OutOfMemoryError
-from virnucpro.engine.local import ISOLATION_ALLOWANCE, Interrupted, WorkerState
+from virnucpro.engine.local import (
+    Interrupted,
+    WorkerState,
+    announce_stop,
+    live_workers,
+    record_death,
+)
 from virnucpro.engine.progress import Progress
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.units import Unit
@@ -486,17 +492,9 @@ class RayBackend:
         self._kill(worker)
         if worker.status == "stopped" or not worker.alive:
             return
-        worker.deaths.append(reason)
-        worker.consecutive_deaths += 1
-        unit = scheduler.worker_lost(worker.rank, reason)
-        lost = f" while computing unit {unit.key} ({len(unit)} sequences)" if unit else ""
-        log.warning("%s%s", reason, lost)  # the terminal handler shows it unless --quiet
-        limit = 2 * (self.max_retries + 1) + ISOLATION_ALLOWANCE
-        if self.max_retries > 0 and self.stop_signal is None and worker.consecutive_deaths < limit:
-            worker.respawns += 1
+        stopping = self.stop_signal is not None
+        if record_death(worker, reason, scheduler, self.max_retries, stopping):
             self._start(worker)
-        else:
-            worker.status = "failed"
 
     def _hung(self, worker: WorkerState, scheduler: Scheduler) -> None:
         log.warning(
@@ -529,11 +527,7 @@ class RayBackend:
         if self.stop_signal is None or self._stops_sent:
             return
         self._stops_sent = True
-        log.warning(
-            "%s received: workers stop at the next batch boundary and committed work is "
-            "kept; send it again to stop at once",
-            signal.Signals(self.stop_signal).name,
-        )
+        announce_stop(self.stop_signal)
         for worker in self.workers:
             actor = self._actors.get(worker.rank)
             if worker.alive and actor is not None:
@@ -575,11 +569,8 @@ class RayBackend:
     def _loop(self, scheduler: Scheduler, progress: Progress) -> None:
         while not scheduler.finished:
             self._send_stops()
-            live = [w for w in self.workers if w.alive]
-            if self.stop_signal is not None and all(w.status != "busy" for w in live):
-                return
-            if not live:
-                scheduler.abandon_pending("no worker left: every rank failed")
+            live = live_workers(self.workers, scheduler, self.stop_signal is not None)
+            if live is None:
                 return
             for worker in live:
                 self._assign(worker, scheduler)

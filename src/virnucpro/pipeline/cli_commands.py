@@ -136,7 +136,9 @@ def _cmd_selfcheck(args) -> int:
     from virnucpro.pipeline.selfcheck import NOTICE, run_selfcheck
 
     print(NOTICE, file=sys.stderr)
-    result = run_selfcheck(args.input, args.output_dir, args.chunk_size, engine_kwargs(args))
+    result = run_selfcheck(
+        args.input, args.output_dir, args.chunk_size, engine_kwargs(args), args.precision
+    )
     c = result.counts
     print(
         f"selfcheck OK: {c['input_records']} records, {c['chunks']} chunks, "

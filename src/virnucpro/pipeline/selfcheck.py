@@ -32,13 +32,17 @@ def write_random_models(folder: Path) -> dict[str, Path]:
     return {"esm": esm, "dnabert": dnabert, "classifier": classifier}
 
 
-def run_selfcheck(input_path: Path, out_dir: Path, chunk_size: int, engine: dict) -> PredictResult:
+def run_selfcheck(
+    input_path: Path, out_dir: Path, chunk_size: int, engine: dict, precision: str = "auto"
+) -> PredictResult:
+    """``predict`` on ``input_path`` with the random models, written under ``out_dir``."""
     models = write_random_models(Path(out_dir) / "random_models")
     options = PredictOptions(
         chunk_size=chunk_size,
         esm_model=str(models["esm"]),
         dnabert_model=str(models["dnabert"]),
         classifier=str(models["classifier"]),
+        precision=precision,
         engine=engine,
     )
     return run_predict(input_path, Path(out_dir) / "predict", options)
