@@ -21,7 +21,7 @@ import numpy as np
 
 from virnucpro.errors import InputError
 from virnucpro.io.atomic import atomic_path
-from virnucpro.io.fasta import read_records
+from virnucpro.io.fasta import RawRecord, read_raw
 from virnucpro.pipeline.chunking import CODON_TABLE
 
 _SEQ_SUFFIXES = (".fa", ".fasta", ".fna", ".fas", ".faa", ".fq", ".fastq")
@@ -129,7 +129,7 @@ def translate_file(
             tsv = outs[3] if len(outs) > 3 else None
             if tsv is not None:
                 tsv.write(b"id\tlength\tchunks\tframes_kept\n")
-            _Writer(chunk_size, *outs[:3], tsv, result, progress).run(read_records(input))
+            _Writer(chunk_size, *outs[:3], tsv, result, progress).run(read_raw(input))
     except OSError as exc:
         where = exc.filename or out_dir
         raise InputError(f"{where}: cannot write outputs ({exc.strerror or exc})") from None
@@ -161,19 +161,18 @@ class _Writer:
         self.done: list[list] = []  # records whose chunks are all queued, in input order
         self.bases = 0
 
-    def run(self, records: Iterable) -> None:
-        """Consume ``records`` (objects with ``id`` and ``seq``) and flush the last block."""
+    def run(self, records: Iterable[RawRecord]) -> None:
+        """Consume ``read_raw`` records (sequences as upper-case bytes); flush the last block."""
         c = self.c
-        for rec in records:
-            seq = rec.seq.encode("ascii")
+        for rec_id, _header, seq, _line in records:
             n = len(seq)
-            entry = [rec.id, n, 0, 0]
+            entry = [rec_id, n, 0, 0]
             other = seq.translate(None, b"ACGTN")
             if other:
                 self.other.update(other)
             if n == 0:
-                self.result.skipped.append((rec.id, "empty sequence"))
-            prefix = rec.id.encode() + b"_chunk_"
+                self.result.skipped.append((rec_id, "empty sequence"))
+            prefix = rec_id.encode() + b"_chunk_"
             bounds = [(0, n)] if 0 < n <= c else _fast_bounds(n, c)
             entry[2] = len(bounds)
             for i, (start, end) in enumerate(bounds, 1):
