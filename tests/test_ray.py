@@ -251,7 +251,7 @@ def test_unreachable_cluster_is_a_one_line_error(tmp_path, proteins, tiny_esm_hf
 
 def test_cluster_devices_counts_cluster_gpus(ray_cluster):
     code = (
-        "from virnucpro.engine.ray_backend import cluster_devices; "
+        "from virnucpro.engine.ray_session import cluster_devices; "
         f"print(cluster_devices({ray_cluster['address']!r}, workers=3))"
     )
     result = subprocess.run(

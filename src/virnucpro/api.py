@@ -75,7 +75,7 @@ def embed(
     if isinstance(shard, str):
         shard = parse_shard(shard)
     if backend == "ray" and ray_address and (devices or "auto") == "auto":
-        from virnucpro.engine.ray_backend import cluster_devices
+        from virnucpro.engine.ray_session import cluster_devices
 
         device_list = cluster_devices(ray_address, world_size)  # one actor per cluster GPU
     else:

@@ -1,6 +1,7 @@
 """The Ray backend: one long-lived Ray actor per device entry, fed units by the same Scheduler.
 
-Ray is optional (``pip install 'virnucpro[ray]'``) and only this module imports it, lazily.
+This is the driver; the actor is ``engine/ray_actor.py`` and joining or starting Ray is
+``engine/ray_session.py`` (Ray is optional, ``pip install 'virnucpro[ray]'``, imported lazily).
 The driver hands each ready actor one unit at a time (dynamic pull) and our unit bookkeeping
 is the source of truth: Ray never restarts an actor or re-runs a call by itself
 (``max_restarts=0``, ``max_task_retries=0``). A dead, failing or hung actor is reported to the
@@ -13,20 +14,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import secrets
 import signal
-import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from virnucpro.engine.hooks import OutOfMemoryError
 from virnucpro.engine.local import (
     Interrupted,
     WorkerState,
@@ -35,47 +30,17 @@ from virnucpro.engine.local import (
     record_death,
 )
 from virnucpro.engine.progress import Progress
+from virnucpro.engine.ray_actor import UnitActor
+from virnucpro.engine.ray_session import RaySession, import_ray, one_line
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.units import Unit
-from virnucpro.engine.worker import (
-    StopRequested,
-    UnitRunner,
-    WorkerConfig,
-    prepare_device,
-    setup_worker_logging,
-)
-from virnucpro.errors import VirnucproError
+from virnucpro.engine.worker import WorkerConfig
 
 log = logging.getLogger("virnucpro.engine")
 
-RAY_TMPDIR_ENV = "VIRNUCPRO_RAY_TMPDIR"  # Ray's temporary files (sessions, sockets, logs)
 FORWARDED_ENV_PREFIX = "VIRNUCPRO_TEST_"  # fault hooks that must reach the actors
 POLL_SECONDS = 1.0
 PLACEMENT_WARNING_SECONDS = 120.0
-# Only unit positions and small statistics travel through Ray; vectors go to unit files.
-OBJECT_STORE_BYTES = 256 * 1024**2
-
-
-def import_ray() -> Any:
-    """The ``ray`` module, or a one-line error saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise VirnucproError(
-            "--backend ray needs Ray, which is not installed: pip install 'virnucpro[ray]'"
-        ) from None
-    return ray
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (VirnucproError, OutOfMemoryError)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _ray_cause(exc: BaseException) -> str:
@@ -84,250 +49,9 @@ def _ray_cause(exc: BaseException) -> str:
     base = "The actor died unexpectedly before finishing this task."
     text = " ".join(line.strip() for line in lines if line.strip() != base)
     text = text.split(" Some common causes", 1)[0]
-    return _one_line(text or type(exc).__name__, 200)
+    return one_line(text or type(exc).__name__, 200)
 
 
-# -- inside the actor -------------------------------------------------------------------------
-class UnitActor:
-    """Runs in a Ray actor: loads the model once, then commits units with a UnitRunner.
-
-    Replies are tagged like the local worker's messages: ``("ready", info)``,
-    ``("done", count, stats, n_batches, tokens, slots)``, ``("stopped",)`` or
-    ``("error", message)``. The actor is threaded (two calls at a time) so that ``stop`` and
-    ``idle_seconds`` are answered while a unit is being computed.
-    """
-
-    def __init__(self, config: WorkerConfig) -> None:
-        self.stop_requested = threading.Event()
-        self.last_activity = time.monotonic()
-        self.batches = 0
-        self.error: str | None = None
-        self.info: dict = {}
-        self.runner: UnitRunner | None = None
-        try:
-            self.log = setup_worker_logging(config.log_path, config.rank)
-        except OSError as exc:
-            self.log = logging.getLogger(f"virnucpro.worker.{config.rank}")
-            self.error = (
-                f"cannot write the worker log {config.log_path} on this node ({exc.strerror}); "
-                "the run directory must be on storage every Ray node can reach"
-            )
-            return
-        self.log.info(
-            "worker %d started (pid %d) on %s (Ray actor)", config.rank, os.getpid(), config.device
-        )
-        try:
-            self._load(config)
-        except Exception as exc:  # noqa: BLE001 - reported to the driver
-            self.error = _describe(exc)
-            self.log.error("model loading failed:\n%s", traceback.format_exc())
-
-    def _load(self, config: WorkerConfig) -> None:
-        from virnucpro.models.base import load_embedder
-
-        embedder = load_embedder(config.spec, prepare_device(config))
-        self.runner = UnitRunner(
-            config,
-            embedder,
-            self.log,
-            on_batch=self._on_batch,
-            should_stop=self.stop_requested.is_set,
-        )
-        self.info = {
-            "pid": os.getpid(),
-            "device": config.device,
-            "node": _node_address(),
-            "dim": embedder.dim,
-            "outputs": list(embedder.output_names),
-            "dtype": str(embedder.dtype).replace("torch.", ""),
-            "describe": embedder.describe(),
-        }
-        self.log.info("model loaded: %s", self.info)
-
-    def _on_batch(self, *_: object) -> None:
-        self.batches += 1
-        self.last_activity = time.monotonic()
-
-    def ready(self) -> tuple:
-        if self.error is not None:
-            return ("error", self.error)
-        return ("ready", self.info)
-
-    def run_unit(self, key: str, positions: np.ndarray) -> tuple:
-        """Compute unit ``key`` and commit its file (see ``UnitRunner.commit``)."""
-        self.last_activity = time.monotonic()
-        self.batches = 0
-        if self.stop_requested.is_set():
-            return ("stopped",)
-        self.log.info("unit %s: %d sequences", key, len(positions))
-        try:
-            count = self.runner.commit(key, positions)
-        except StopRequested:
-            self.log.info("stop requested during unit %s; it is not committed", key)
-            return ("stopped",)
-        except Exception as exc:  # noqa: BLE001 - reported to the driver, which replaces us
-            self.log.error("unit %s failed:\n%s", key, traceback.format_exc())
-            return ("error", _describe(exc))
-        stats = self.runner.stats
-        return ("done", count, stats, self.batches, stats["tokens"], stats["slots"])
-
-    def idle_seconds(self) -> float:
-        """Seconds since the current unit started or its last batch finished (heartbeat)."""
-        return time.monotonic() - self.last_activity
-
-    def stop(self) -> None:
-        """Stop at the next batch boundary; the unit in progress is not committed."""
-        self.stop_requested.set()
-
-
-def _node_address() -> str:
-    try:
-        import ray
-
-        return ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 - informative only
-        return ""
-
-
-# -- connecting to Ray ------------------------------------------------------------------------
-AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
-_TOKEN: list[str] = []
-
-
-def _process_token() -> str:
-    """One random token per process (Ray caches the token it has seen)."""
-    if not _TOKEN:
-        _TOKEN.append(secrets.token_hex(32))
-    return _TOKEN[0]
-
-
-def _physical_gpus(devices: list[str]) -> list[str]:
-    """Physical GPU ids of ``cuda:N`` entries, N counted in this process's visible list."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    listed = [v.strip() for v in visible.split(",")] if visible else None
-    ordinals = [int(d.split(":", 1)[1]) if ":" in d else 0 for d in devices if d.startswith("cuda")]
-    return [listed[i] if listed else str(i) for i in ordinals]
-
-
-def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
-    host, _, port = address.rpartition(":")
-    if not host or "://" in address or not port.isdigit():
-        return  # "auto", ray://... : left to Ray
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc})") from None
-
-
-@contextmanager
-def _visible_gpus(ids: list[str]):
-    """Expose exactly ``ids`` to a Ray instance started inside this block."""
-    before = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if ids:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = before
-
-
-class RaySession:
-    """Joins a Ray cluster (``address``) or starts a private local instance sized for the actors.
-
-    Only what this session opened is closed: a driver connected by someone else stays
-    connected, a cluster we joined keeps running, a local instance we started is stopped.
-    Ray's temporary files go under ``$VIRNUCPRO_RAY_TMPDIR`` when it is set (else Ray's own
-    default: ``$RAY_TMPDIR`` or /tmp/ray).
-    """
-
-    def __init__(self, ray: Any, address: str | None, cpus: int, devices: list[str]) -> None:
-        self.ray = ray
-        self.address = address
-        self.cpus = cpus
-        self.devices = devices
-        self.owned = False
-        self._saved_env: dict[str, str | None] = {}
-
-    def open(self) -> None:
-        ray = self.ray
-        if ray.is_initialized():
-            return
-        kwargs: dict = {"log_to_driver": False, "logging_level": logging.WARNING}
-        temp_dir = os.environ.get(RAY_TMPDIR_ENV)
-        if temp_dir:
-            kwargs["_temp_dir"] = os.path.abspath(temp_dir)
-        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
-        try:
-            if self.address:
-                _check_reachable(self.address)
-                ray.init(address=self.address, **kwargs)
-            else:
-                self._provide_token()
-                gpus = _physical_gpus(self.devices)
-                with _visible_gpus(gpus):
-                    ray.init(
-                        address="local",
-                        num_cpus=self.cpus,
-                        num_gpus=len(gpus),
-                        include_dashboard=False,
-                        object_store_memory=OBJECT_STORE_BYTES,
-                        **kwargs,
-                    )
-        except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-            hint = ""
-            if "AF_UNIX path length" in str(exc):
-                hint = f" (set {RAY_TMPDIR_ENV} to a shorter local directory)"
-            raise VirnucproError(f"cannot start or join {where}: {_one_line(exc)}{hint}") from None
-        self.owned = True
-
-    def _provide_token(self) -> None:
-        """Keep Ray's token authentication on without it saving a token in ``~/.ray``.
-
-        A new local instance enables token authentication and, when no token is configured,
-        writes one to ``~/.ray/auth_token``; we hand it a process-wide token in the
-        environment instead (restored on close).
-        """
-        configured = any(os.environ.get(k) for k in (*AUTH_ENV, "RAY_AUTH_TOKEN_PATH"))
-        if configured or os.path.exists(os.path.expanduser("~/.ray/auth_token")):
-            return
-        self._saved_env = {k: os.environ.get(k) for k in AUTH_ENV}
-        os.environ["RAY_AUTH_TOKEN"] = _process_token()
-
-    def close(self) -> None:
-        if self.owned:
-            self.ray.shutdown()
-            self.owned = False
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._saved_env = {}
-
-
-def cluster_devices(address: str, workers: int | None = None) -> list[str]:
-    """One ``cuda:i`` entry per GPU of a running Ray cluster (at most ``workers``), else CPU.
-
-    Meant for ``--devices auto --backend ray --ray-address ...``: the driver may have fewer
-    GPUs than the cluster. Without any GPU, ``workers`` CPU actors (default 1).
-    """
-    ray = import_ray()
-    session = RaySession(ray, address, cpus=0, devices=[])
-    session.open()
-    try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-    finally:
-        session.close()
-    if gpus:
-        return [f"cuda:{i}" for i in range(gpus if workers is None else min(workers, gpus))]
-    return ["cpu"] * (workers or 1)
-
-
-# -- the driver -------------------------------------------------------------------------------
 @dataclass
 class _Call:
     """One call in flight on an actor."""
