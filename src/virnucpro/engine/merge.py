@@ -107,8 +107,6 @@ def merge_units(
     row_of[done] = np.arange(n, dtype=np.int64)
     remove_stale_temporaries(output)
     tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    failed_positions: list[np.ndarray] = []
-    failed_reasons: list[str] = []
     try:
         token_total = 0
         offsets = None
@@ -135,22 +133,9 @@ def merge_units(
                 f.create_dataset("per_token_offsets", data=offsets)
             offsets_in_file = {name: ds.id.get_offset() for name, ds in vector_sets.items()}
             token_offset = token_set.id.get_offset() if token_set is not None else None
-            truncated = np.zeros(n, dtype=bool)
             del lengths
-        _write_vectors(
-            tmp,
-            unit_files,
-            row_of,
-            n,
-            dim,
-            offsets_in_file,
-            token_offset,
-            offsets,
-            token_total,
-            truncated,
-            failed_positions,
-            failed_reasons,
-        )
+        layout = _Layout(tmp, n, dim, row_of, offsets_in_file, token_offset, offsets, token_total)
+        truncated, failed_positions, failed_reasons = _write_vectors(layout, unit_files)
         with h5py.File(tmp, "r+") as f:
             f["truncated"][...] = truncated
             for key, value in attrs.items():
@@ -173,33 +158,48 @@ def merge_units(
     return MergeResult(output, n, int(truncated.sum()), fp, failed_reasons)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where the merge writes: the temporary file, its row of every index position, and the
+    byte offsets of its early-allocated contiguous datasets (memory-mapped)."""
+
+    path: Path
+    rows: int
+    dim: int
+    row_of: np.ndarray  # index position -> output row (-1: not in the output)
+    vector_offsets: dict[str, int | None]  # dataset name -> byte offset in the file
+    token_offset: int | None  # per_token dataset, with --per-token
+    token_bounds: np.ndarray | None  # per_token rows of output row i: [i], [i + 1]
+    token_rows: int
+
+
 def _write_vectors(
-    tmp,
-    unit_files,
-    row_of,
-    n,
-    dim,
-    offsets_in_file,
-    token_offset,
-    offsets,
-    token_total,
-    truncated,
-    failed_positions,
-    failed_reasons,
-) -> None:
+    layout: _Layout, unit_files: list[Path]
+) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """Copy every unit's vectors to its rows; return (truncated flags, failed positions and
+    reasons recorded in the units)."""
+    n, dim = layout.rows, layout.dim
+    truncated = np.zeros(n, dtype=bool)
+    failed_positions: list[np.ndarray] = []
+    failed_reasons: list[str] = []
     maps = {
-        name: np.memmap(tmp, dtype="<f4", mode="r+", offset=offset, shape=(n, dim))
-        for name, offset in offsets_in_file.items()
+        name: np.memmap(layout.path, dtype="<f4", mode="r+", offset=offset, shape=(n, dim))
+        for name, offset in layout.vector_offsets.items()
         if offset is not None
     }
     token_map = None
-    if token_offset is not None:
+    if layout.token_offset is not None:
         token_map = np.memmap(
-            tmp, dtype="<f4", mode="r+", offset=token_offset, shape=(token_total, dim)
+            layout.path,
+            dtype="<f4",
+            mode="r+",
+            offset=layout.token_offset,
+            shape=(layout.token_rows, dim),
         )
+    bounds = layout.token_bounds
     for path in unit_files:
         unit = read_unit(path)
-        rows = row_of[unit.positions]
+        rows = layout.row_of[unit.positions]
         truncated[rows] = unit.truncated
         for name, array in unit.vectors.items():
             if name not in maps:
@@ -213,13 +213,14 @@ def _write_vectors(
             maps[name][rows] = array
         if token_map is not None and unit.per_token is not None:
             for row, block in zip(rows.tolist(), unit.per_token, strict=True):
-                token_map[offsets[row] : offsets[row + 1]] = block
+                token_map[bounds[row] : bounds[row + 1]] = block
         if unit.failed_positions.size:
             failed_positions.append(unit.failed_positions)
             failed_reasons.extend(unit.failed_reasons)
     for m in list(maps.values()) + ([token_map] if token_map is not None else []):
         m.flush()
         del m
+    return truncated, failed_positions, failed_reasons
 
 
 def validate_output(path: Path, expected_ids: list[str], *, outputs: list[str], dim: int) -> None:
