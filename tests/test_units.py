@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from virnucpro.engine.batching import computed_slots, token_budget_batches
 from virnucpro.engine.scheduler import Scheduler
@@ -101,3 +102,42 @@ def test_scheduler_returns_units_on_stop():
     unit = s.next_unit(0)
     s.returned(0)
     assert s.next_unit(1).key == unit.key
+
+
+def test_a_model_that_returns_too_few_rows_is_an_error(tmp_path, proteins, tiny_esm_hf):
+    """Count in == count out per batch: a short result must not be broadcast into the rows."""
+    import logging
+
+    import torch
+
+    from virnucpro.api import resolve_model
+    from virnucpro.engine.worker import UnitRunner, WorkerConfig
+    from virnucpro.errors import ValidationError
+    from virnucpro.io.index import build_or_load
+    from virnucpro.models.base import EmbedOutput
+    from virnucpro.models.esm2 import load_esm2_embedder
+
+    index = build_or_load([proteins], tmp_path / "index")
+    spec = resolve_model(str(tiny_esm_hf))
+    embedder = load_esm2_embedder(spec, torch.device("cpu"))
+    real_forward = embedder.forward
+
+    def drops_the_last_row(batch):
+        out = real_forward(batch)
+        return EmbedOutput({k: v[:-1] for k, v in out.pooled.items()}, out.per_token)
+
+    embedder.forward = drops_the_last_row
+    config = WorkerConfig(
+        0, "cpu", 1, spec, str(tmp_path / "index"), str(tmp_path / "units"), "-", 4096
+    )
+    runner = UnitRunner(
+        config,
+        embedder,
+        logging.getLogger("t"),
+        on_batch=lambda *a: None,
+        should_stop=lambda: False,
+    )
+    with pytest.raises(ValidationError, match="rows for a batch of"):
+        runner.run("u0", np.asarray(index.order[:5]))
+    embedder.forward = real_forward
+    assert len(runner.run("u1", np.asarray(index.order[:5]))) == 5

@@ -25,7 +25,7 @@ import torch
 from virnucpro.engine.batching import computed_slots, token_budget_batches
 from virnucpro.engine.hooks import OutOfMemoryError, TestHooks
 from virnucpro.engine.unitfile import UnitResult, write_unit
-from virnucpro.errors import VirnucproError
+from virnucpro.errors import ValidationError, VirnucproError
 from virnucpro.models.base import Embedder, EmbedderSpec, load_embedder
 
 MIN_TOKENS_PER_BATCH = 64
@@ -167,11 +167,25 @@ class UnitRunner:
             self._embed(batch[:half], ids, encoded, vectors, per_token, ok, failures)
             self._embed(batch[half:], ids, encoded, vectors, per_token, ok, failures)
             return
+        _check_rows(output, len(batch), per_token is not None)
         for name, array in output.pooled.items():
             vectors[name][batch] = array
         if per_token is not None and output.per_token is not None:
             for j, i in enumerate(batch):
                 per_token[i] = output.per_token[j]
+
+
+def _check_rows(output, sequences: int, per_token: bool) -> None:
+    """One vector (and, if asked, one per-token block) per sequence of the batch, or an error:
+    numpy would broadcast a short result into every row without a word."""
+    counts = {name: len(array) for name, array in output.pooled.items()}
+    if per_token:
+        counts["per_token"] = len(output.per_token or [])
+    wrong = {name: n for name, n in counts.items() if n != sequences}
+    if wrong:
+        raise ValidationError(
+            f"the model returned {wrong} rows for a batch of {sequences} sequences"
+        )
 
 
 def prepare_device(config: WorkerConfig) -> torch.device:
