@@ -333,15 +333,10 @@ def main() -> None:
     parser.add_argument("--tokens-per-batch", type=int, default=4096)
     common.add_measurement_options(parser)
     args = parser.parse_args()
-    worker_list = args.workers
+    info = common.print_machine()
+    common.print_command("bench_embed.py", args)
     args.workers = [int(w) for w in args.workers.split(",")]
     args.quiet = common.Quiet(max_wait=args.max_wait)
-    info = common.print_machine()
-    print(
-        f"command: python bench/bench_embed.py --proteins {args.proteins} --models "
-        f"{args.models} --workers {worker_list} --tokens-per-batch {args.tokens_per_batch} "
-        f"--repeats {args.repeats}"
-    )
     everything = common.read_fasta_pairs(common.PROTEINS)
     records = common.stride_sample(everything, args.proteins or None)
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as name:

@@ -126,11 +126,7 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",")]
     quiet = common.Quiet(max_wait=args.max_wait)
     info = common.print_machine()
-    print(
-        f"command: python bench/bench_predict.py --reads {args.reads} --length {args.length} "
-        f"--chunk-size {args.chunk_size} --workers {args.workers} --repeats {args.repeats} "
-        f"--seed {args.seed}"
-    )
+    common.print_command("bench_predict.py", args)
     from virnucpro.pipeline.selfcheck import write_random_models
 
     reads = bench_translate.simulate_reads(common.GENOME, args.reads, args.length, args.seed)

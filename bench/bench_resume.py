@@ -338,13 +338,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet = common.Quiet(max_wait=args.max_wait)
     info = common.print_machine()
-    print(
-        f"command: python bench/bench_resume.py --proteins {args.proteins} --geometry "
-        f"{args.geometry} --commit-geometry {args.commit_geometry} --commit-proteins "
-        f"{args.commit_proteins} --done-fraction {args.done_fraction} --unit-tokens "
-        f"{args.unit_tokens} --tokens-per-batch "
-        f"{args.tokens_per_batch} --repeats {args.repeats}"
-    )
+    common.print_command("bench_resume.py", args)
     everything = common.read_fasta_pairs(common.PROTEINS)
     with tempfile.TemporaryDirectory(prefix="bench_resume_") as name:
         tmp = Path(name)

@@ -296,3 +296,16 @@ def add_measurement_options(parser) -> None:
         default=60.0,
         help="seconds to wait for a quiet machine before each measurement",
     )
+
+
+def print_command(script: str, args) -> None:
+    """Print the command line with every option spelled out (defaults too), so that a table
+    can be reproduced exactly; call it right after ``parse_args``."""
+    parts = [f"python bench/{script}"]
+    for name, value in vars(args).items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif value is not False and value is not None:
+            parts.append(f"{flag} {value}")
+    print("command: " + " ".join(parts), flush=True)
