@@ -179,7 +179,7 @@ class Esm2Model(nn.Module):
             cfg.embed_dim, eps=cfg.layer_norm_eps, device=device
         )
         # Plain fp32 attribute, not a buffer, so that casting the model never rounds it.
-        self.inv_freq = default_inv_freq(cfg.embed_dim // cfg.heads)
+        self.inv_freq = default_inv_freq(self.head_dim)
         self._rope: torch.Tensor | None = None
 
     def set_inv_freq(self, inv_freq: torch.Tensor) -> None:
