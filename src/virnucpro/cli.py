@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     from virnucpro.pipeline.cli_commands import add_pipeline_commands
 
     add_pipeline_commands(sub, common, _add_engine_options)
+    from virnucpro.training.make_dataset_cli import add_make_dataset_command
+
+    add_make_dataset_command(sub, common)
     return parser
 
 

@@ -6,6 +6,8 @@ file-level path (``virnucpro.pipeline.translate``) is tested against these funct
 
 from __future__ import annotations
 
+import argparse
+
 _BASES = "TCAG"
 _AMINO = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
 
@@ -18,6 +20,22 @@ CODON_TABLE: dict[str, str] = {
 """The standard genetic code over upper-case A/C/G/T codons; stops are ``*``."""
 
 _COMPLEMENT = str.maketrans("ACGT", "TGCA")
+
+MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 50, 2000
+"""Chunk sizes the command line accepts (translate, make-dataset)."""
+
+
+def chunk_size_arg(text: str) -> int:
+    """``argparse`` type of ``--chunk-size``: an integer from 50 to 2000."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not MIN_CHUNK_SIZE <= value <= MAX_CHUNK_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE}, got {text!r}"
+        )
+    return value
 
 
 def chunk_bounds(n: int, c: int) -> list[tuple[int, int]]:

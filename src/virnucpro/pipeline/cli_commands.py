@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from virnucpro.pipeline.chunking import chunk_size_arg
+
 
 def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
     translate = sub.add_parser(
@@ -18,7 +20,13 @@ def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_optio
     )
     translate.add_argument("input", type=Path, metavar="INPUT", help="FASTA/FASTQ, plain or gzip")
     translate.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
-    translate.add_argument("--chunk-size", type=int, choices=[300, 500], default=500)
+    translate.add_argument(
+        "--chunk-size",
+        type=chunk_size_arg,
+        default=500,
+        metavar="N",
+        help="chunk length, 50 to 2000 (default 500)",
+    )
     translate.set_defaults(handler=_cmd_translate)
     add_predict_command(sub, common, add_engine_options)
     add_selfcheck_command(sub, common, add_engine_options)

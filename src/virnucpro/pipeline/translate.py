@@ -306,3 +306,22 @@ def _translate_block(
             k += 1
         kept.append(k)
     return kept
+
+
+def chunk_spans(n: int, c: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` chunks of a record of length ``n``, as ``chunking.chunk_bounds``."""
+    return [(0, n)] if 0 < n <= c else _fast_bounds(n, c)
+
+
+def translate_chunks(
+    ids: list[bytes], seqs: list[bytes]
+) -> tuple[list[int], list[bytes], list[bytes]]:
+    """Kept frames of many upper-case chunks at once (SPEC 1.2), vectorised.
+
+    Returns the number of frames kept per chunk, and the nucleotide and protein FASTA entries
+    (``b">{id}{F|R}{n}\\n{sequence}\\n"``, one per kept frame, chunk order then frame order).
+    """
+    nt_lines: list[bytes] = []
+    aa_lines: list[bytes] = []
+    kept = _translate_block(ids, seqs, nt_lines, aa_lines)
+    return kept, nt_lines, aa_lines

@@ -1,0 +1,1 @@
+"""Training and evaluating VirNucPro classifiers."""
