@@ -271,3 +271,156 @@ def test_same_seed_same_dataset_and_other_seed_differs(
     assert (tmp_path / "other" / "dataset.tsv").read_bytes() != (
         dataset / "dataset.tsv"
     ).read_bytes()
+
+
+# --- bad inputs: one line, exit 1, no DATA_DIR ------------------------------------------
+
+
+def assert_refused(rc: int, err: str, out: Path, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+@pytest.fixture(scope="module")
+def small_other(tmp_path_factory) -> Path:
+    g = genome()
+    records = [(f"O_{i}", g[1_000_000 + 3_000 * i :][:3_000]) for i in range(30)]
+    return write_fasta(tmp_path_factory.mktemp("md_small") / "other.fa", records)
+
+
+def _bad_inputs(d: Path, inputs: dict[str, Path], small_other: Path) -> dict:
+    g = genome()
+    plain = write_genbank(
+        d / "plain.gb", [genbank_record(f"P{i}.1", g[i * 5_000 :][:5_000], False) for i in range(3)]
+    )
+    ambiguous = write_fasta(d / "all_n.fa", [(f"N{i}", "ACGTN" * 200) for i in range(4)])
+    single = write_fasta(d / "single.fa", [("ONLY", g[2_000_000:2_100_000])])
+    proteins = SHARED / "data" / "MIIJ01000039.single.faa.gz"
+    dup = write_fasta(d / "dup.fa", [("GEN_1", g[:3_000])])
+    return {
+        "genbank_without_cds": (
+            ["--viral", plain, "--other", small_other],
+            ["plain.gb", "no CDS /translation", "3 GenBank record", "FASTA"],
+        ),
+        "empty_class": (["--viral", ambiguous, "--other", small_other], ["viral class is empty"]),
+        "class_too_small": (
+            ["--viral", inputs["viral"], "--other", single],
+            ["other class is too small for the split", "1 record"],
+        ),
+        "protein_fasta": (
+            ["--viral", inputs["viral"], "--other", proteins],
+            ["MIIJ01000039.single.faa.gz", "looks like a protein", "nucleotide"],
+        ),
+        "missing_file": (
+            ["--viral", d / "nowhere.gbff", "--other", small_other],
+            ["nowhere.gbff", "no such file"],
+        ),
+        "duplicate_record": (
+            ["--viral", inputs["viral"], "--other", inputs["other_a"], dup],
+            ["dup.fa", "GEN_1", "appears twice", "other_a.fa"],
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "genbank_without_cds",
+        "empty_class",
+        "class_too_small",
+        "protein_fasta",
+        "missing_file",
+        "duplicate_record",
+    ],
+)
+def test_bad_input_one_line_error_nothing_written(
+    tmp_path: Path, inputs, small_other: Path, case: str
+) -> None:
+    args, words = _bad_inputs(tmp_path, inputs, small_other)[case]
+    out = tmp_path / "data"
+    rc, err = make(*map(str, args), "-o", str(out), "--chunk-size", str(C))
+    assert_refused(rc, err, out, *words)
+
+
+def test_failed_rerun_keeps_the_earlier_dataset_and_other_folders_are_refused(
+    tmp_path: Path, inputs, small_other: Path
+) -> None:
+    out = tmp_path / "data"
+    rc, err = make("--viral", str(inputs["viral"]), "--other", str(small_other), "-o", str(out))
+    assert rc == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = write_fasta(tmp_path / "bad.fa", [("X", "MKLLEEQQPPFF" * 20)])
+    rc, err = make("--viral", str(bad), "--other", str(small_other), "-o", str(out))
+    assert rc == 1 and "looks like a protein" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    busy = tmp_path / "mine"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    rc, err = make("--viral", str(inputs["viral"]), "--other", str(small_other), "-o", str(busy))
+    assert rc == 1 and "not a make-dataset DATA_DIR" in err
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+
+
+def test_manifest_groups_and_max_per_class(tmp_path: Path, inputs, small_other: Path) -> None:
+    """Two files in one manifest group share its quota; relative paths are from the manifest."""
+    for key in ("viral", "other_a", "other_b"):
+        (tmp_path / inputs[key].name).write_bytes(inputs[key].read_bytes())
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(
+        "path\tlabel\tgroup\n"
+        f"{inputs['viral'].name}\tviral\tphages\n"
+        f"{inputs['other_a'].name}\tother\tbacteria\n"
+        f"{inputs['other_b'].name}\tother\tbacteria\n"
+        f"{small_other}\tother\tplants\n"
+    )
+    out = tmp_path / "data"
+    rc, err = make("--manifest", str(manifest), "-o", str(out), "--max-per-class", "120",
+                   "--chunk-size", str(C))  # fmt: skip
+    assert rc == 0, err
+    table = read_table(out / "dataset.tsv")
+    assert Counter(r["label"] for r in table) == {"viral": 120, "other": 120}
+    assert {r["group"] for r in table} == {"phages", "bacteria", "plants"}
+    d = json.loads((out / "dataset.json").read_text())
+    groups = {g["group"]: g for g in d["counts"]["by_group"]}
+    other_total = groups["bacteria"]["candidate_frames"] + groups["plants"]["candidate_frames"]
+    for name in ("bacteria", "plants"):
+        share = 120 * groups[name]["candidate_frames"] / other_total
+        assert math.floor(share) <= groups[name]["total"] <= math.ceil(share)
+    sources = {r["source"] for r in table if r["group"] == "bacteria"}
+    assert sources == {str(tmp_path / inputs[k].name) for k in ("other_a", "other_b")}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(f"path\tlabel\tgroup\n{inputs['viral'].name}\tvirus\tphages\n")
+    rc, err = make("--manifest", str(bad), "-o", str(tmp_path / "bad_out"))
+    assert_refused(rc, err, tmp_path / "bad_out", "bad.tsv line 2", "'virus'")
+
+
+def test_translate_accepts_any_chunk_size_from_50_to_2000(tmp_path: Path, inputs) -> None:
+    records = list(read_records(inputs["other_b"]))
+    for c in (50, 150, 2000):
+        out = tmp_path / f"c{c}"
+        proc = run_cli("translate", str(inputs["other_b"]), "-o", str(out), "--chunk-size", str(c))
+        assert proc.returncode == 0, proc.stderr
+        expected = [
+            (fid, aa)
+            for rec in records
+            for cid, chunk in chunk_record_pairs(rec.id, rec.seq, c)
+            for fid, aa, _ in six_frames(cid, chunk)
+        ]
+        assert read_pairs(out / "other_b_identified_protein.faa") == expected
+    for c in ("49", "2001"):
+        proc = run_cli(
+            "translate", str(inputs["other_b"]), "-o", str(tmp_path / c), "--chunk-size", c
+        )
+        assert proc.returncode != 0 and "from 50 to 2000" in proc.stderr
+        assert not (tmp_path / c).exists()
+
+
+def chunk_record_pairs(rec_id: str, seq: str, c: int) -> list[tuple[str, str]]:
+    return [
+        (f"{rec_id}_chunk_{i}", seq[a:b]) for i, (a, b) in enumerate(chunk_bounds(len(seq), c), 1)
+    ]
