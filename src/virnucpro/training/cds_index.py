@@ -30,7 +30,7 @@ class CdsIndex:
         for j in range(_K):
             keys <<= np.uint64(8)
             keys |= data[j : j + n]
-        self.positions = np.argsort(keys, kind="stable")
+        self.positions = np.argsort(keys)
         self.keys = keys[self.positions]
 
     def contains(self, proteins: list[bytes]) -> list[bool]:

@@ -14,8 +14,11 @@ from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 from virnucpro.errors import InputError, ValidationError
 from virnucpro.io.fasta import read_raw
@@ -156,7 +159,7 @@ class FrameCollector:
     ) -> FileCounts:
         """Stream input ``number`` into ``spool``; return its counts (checked to add up)."""
         item = inputs[number]
-        self.source = item.source
+        self.source = str(item.source)
         self.counts = counts = FileCounts(fmt)
         self.spool = spool
         frames_before = len(spool.record_of)
@@ -196,47 +199,73 @@ class FrameCollector:
         self.skipped.write(f"{item_id}\t{level}\t{record}\t{self.source}\t{reason}\n".encode())
 
     def _queue(self, entry: _Pending, seq: bytes) -> None:
+        """Queue the chunks of one record (ambiguous ones are skipped); flush full blocks."""
         prefix = entry.id.encode() + b"_chunk_"
+        spans = chunk_spans(len(seq), self.c)
+        self.counts.chunks += len(spans)
         ambiguous = bool(seq.translate(None, _NOT_AMBIGUOUS))
-        for i, (start, end) in enumerate(chunk_spans(len(seq), self.c), 1):
-            chunk = seq if end - start == len(seq) else seq[start:end]
-            self.counts.chunks += 1
-            letters = chunk.translate(None, _NOT_AMBIGUOUS) if ambiguous else b""
-            if letters:
-                shown = " ".join(sorted(set(letters.decode())))
-                reason = f"ambiguous base(s) {shown}"
-                self._skip(f"{entry.id}_chunk_{i}", "chunk", entry.id, reason)
-                self.counts.chunks_skipped["ambiguous base(s)"] += 1
-                continue
-            self.ids.append(prefix + str(i).encode())
-            self.seqs.append(chunk)
-            self.owners.append(entry)
-            self.bases += len(chunk)
+        step = max(1, _BLOCK_BASES // self.c)
+        for lo in range(0, len(spans), step):
+            part = spans[lo : lo + step]
+            if len(spans) == 1:
+                chunks = [seq]
+            else:
+                chunks = [seq[a:b] for a, b in part]
+            numbers = range(lo + 1, lo + 1 + len(part))
+            if ambiguous:
+                chunks, numbers = self._drop_ambiguous(entry, chunks, numbers)
+            self.ids += [b"%s%d" % (prefix, i) for i in numbers]
+            self.seqs += chunks
+            self.owners += [entry] * len(chunks)
+            self.bases += sum(map(len, chunks))
             if self.bases >= _BLOCK_BASES:
                 self._flush()
         self.done.append(entry)
+
+    def _drop_ambiguous(
+        self, entry: _Pending, chunks: list[bytes], numbers: range
+    ) -> tuple[list[bytes], list[int]]:
+        """The chunks without N R Y M K S W H B V D (and their numbers); list the others."""
+        kept, kept_numbers = [], []
+        for chunk, i in zip(chunks, numbers, strict=True):
+            letters = chunk.translate(None, _NOT_AMBIGUOUS)
+            if letters:
+                shown = " ".join(sorted(set(letters.decode())))
+                self._skip(f"{entry.id}_chunk_{i}", "chunk", entry.id, f"ambiguous base(s) {shown}")
+                self.counts.chunks_skipped["ambiguous base(s)"] += 1
+            else:
+                kept.append(chunk)
+                kept_numbers.append(i)
+        return kept, kept_numbers
 
     def _flush(self) -> None:
         """Translate the queued chunks, keep the frames of the rule, finish complete records."""
         if self.seqs:
             kept, nt_lines, aa_lines = translate_chunks(self.ids, self.seqs)
             keep = self._select(kept, aa_lines)
+            if keep is None:
+                final = kept
+            else:
+                nt_lines = list(compress(nt_lines, keep))
+                aa_lines = list(compress(aa_lines, keep))
+                ends = np.cumsum(kept)
+                kept_so_far = np.concatenate([[0], np.cumsum(keep)])
+                final = (kept_so_far[ends] - kept_so_far[ends - kept]).tolist()
             spool, counts = self.spool, self.counts
-            pos = 0
-            for chunk_id, owner, k in zip(self.ids, self.owners, kept, strict=True):
-                chosen = [f for f in range(pos, pos + k) if keep[f]]
-                pos += k
-                if not chosen:
+            spool.nucleotide.write(b"".join(nt_lines))
+            spool.protein.write(b"".join(aa_lines))
+            owners = np.fromiter((o.index for o in self.owners), np.int64, len(self.owners))
+            spool.record_of.frombytes(np.repeat(owners, final).tobytes())
+            for chunk_id, owner, k, f in zip(self.ids, self.owners, kept, final, strict=True):
+                if f:
+                    owner.frames += f
+                else:
                     reason = NOT_IN_CDS if k else NO_STOP_FREE
                     self._skip(chunk_id.decode(), "chunk", owner.id, reason)
                     counts.chunks_skipped[reason] += 1
-                    continue
-                spool.nucleotide.write(b"".join([nt_lines[f] for f in chosen]))
-                spool.protein.write(b"".join([aa_lines[f] for f in chosen]))
-                spool.record_of.extend([owner.index] * len(chosen))
-                owner.frames += len(chosen)
-                counts.chunks_with_frames += 1
-                counts.frames += len(chosen)
+            with_frames = sum(1 for f in final if f)
+            counts.chunks_with_frames += with_frames
+            counts.frames += len(nt_lines)
         for entry in self.done:
             if entry.frames:
                 self.counts.records_with_frames += 1
@@ -246,8 +275,11 @@ class FrameCollector:
         self.ids, self.seqs, self.owners, self.bases = [], [], [], 0
         self.done = []
 
-    def _select(self, kept: list[int], aa_lines: list[bytes]) -> list[bool]:
-        """Per kept frame: True unless its record has CDS translations none of which holds it."""
+    def _select(self, kept: list[int], aa_lines: list[bytes]) -> list[bool] | None:
+        """Per kept frame: False when its record has CDS translations and none holds it;
+        None when no chunk of the block belongs to such a record (FASTA input)."""
+        if all(o.cds is None for o in self.owners):
+            return None
         keep = [True] * len(aa_lines)
         pos, j = 0, 0
         while j < len(kept):  # runs of chunks of one record

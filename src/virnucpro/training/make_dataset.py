@@ -9,10 +9,11 @@ an error leaves no DATA_DIR behind (and an earlier one untouched).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import compress, islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import InputError, ValidationError
-from virnucpro.io.atomic import atomic_dir, atomic_write_json
+from virnucpro.io.atomic import atomic_dir
 from virnucpro.pipeline.chunking import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from virnucpro.training import balance
 from virnucpro.training.frames import (
@@ -50,6 +51,7 @@ TABLE_COLUMNS = ("id", "label", "group", "source", "record", "split")
 SKIPPED_COLUMNS = ("id", "level", "record", "source", "reason")
 SPLITS = ("train", "validation")
 FORMAT, FORMAT_VERSION = "virnucpro.dataset", 1
+_BATCH = 1 << 16  # frames per copy step of pass 2
 NOT_SAMPLED = "not sampled: balancing kept none of its {} frame(s)"
 
 
@@ -139,24 +141,29 @@ def _build(inputs: list[TrainingInput], formats: list, tmp: Path, options: Datas
     description = _describe(inputs, formats, counts, groups, records, validation, options)
     description["frames_per_class"] = per_class
     _check_accounting(description, written, records)
-    description["files"] = {
-        name: {"size": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
-        for name in (TABLE, NUCLEOTIDES, PROTEINS, SKIPPED)
-    }
-    description["fingerprint"] = dataset_fingerprint(tmp)
-    atomic_write_json(tmp / DESCRIPTION, description)
+    description["files"], description["fingerprint"] = _checksums(tmp)
+    # Plain write: the whole folder is fsynced and renamed into place by atomic_dir.
+    (tmp / DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
     return description
 
 
-def dataset_fingerprint(root: Path) -> str:
-    """SHA-256 over dataset.tsv and both frame files, each preceded by its name and a newline."""
-    digest = hashlib.sha256()
-    for name in (TABLE, NUCLEOTIDES, PROTEINS):
-        digest.update(f"{name}\n".encode())
+def _checksums(root: Path) -> tuple[dict, str]:
+    """Size and SHA-256 of every output file, and the dataset fingerprint: SHA-256 over
+    dataset.tsv and both frame files, each preceded by its name and a newline (one read)."""
+    files = {}
+    fingerprint = hashlib.sha256()
+    for name in (TABLE, NUCLEOTIDES, PROTEINS, SKIPPED):
+        digest = hashlib.sha256()
+        counted = name != SKIPPED
+        if counted:
+            fingerprint.update(f"{name}\n".encode())
         with open(root / name, "rb") as f:
             while block := f.read(1 << 20):
                 digest.update(block)
-    return digest.hexdigest()
+                if counted:
+                    fingerprint.update(block)
+        files[name] = {"size": (root / name).stat().st_size, "sha256": digest.hexdigest()}
+    return files, fingerprint.hexdigest()
 
 
 def _sample(
@@ -214,11 +221,6 @@ def _split(
     return validation
 
 
-def _pairs(handle: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
-    lines = iter(handle)
-    return zip(lines, lines, strict=True)
-
-
 def _write(
     groups: dict[tuple[str, str], _Group],
     records: Records,
@@ -238,48 +240,64 @@ def _write(
         open(tmp / TABLE, "wb", buffering=1 << 20) as table,
     ):
         table.write(("\t".join(TABLE_COLUMNS) + "\n").encode())
-        ordered = sorted(groups.values(), key=lambda g: LABELS.index(g.label))
-        for group in ordered:
+        for group in sorted(groups.values(), key=lambda g: LABELS.index(g.label)):
             record_of = np.frombuffer(group.spool.record_of, dtype=np.int64)
             candidates += np.bincount(record_of, minlength=len(records.ids))
             chosen += np.bincount(record_of[group.mask], minlength=len(records.ids))
-            prefix = f"\t{group.label}\t{group.name}\t"
-            rows: list[str] = []
-            seen = 0
-            with (
-                open(group.spool.nucleotide_path, "rb") as nt_in,
-                open(group.spool.protein_path, "rb") as aa_in,
-            ):
-                pairs = zip(_pairs(nt_in), _pairs(aa_in), strict=True)
-                for (nt, aa), keep, rec in zip(
-                    pairs, group.mask.tolist(), record_of.tolist(), strict=True
-                ):
-                    seen += 1
-                    if not keep:
-                        continue
-                    if nt[0] != aa[0]:
-                        raise ValidationError(f"spool of group {group.name}: ids out of step")
-                    nt_out.write(nt[0] + nt[1])
-                    aa_out.write(aa[0] + aa[1])
-                    split = "validation" if validation[rec] else "train"
-                    source = inputs[records.input_of[rec]].source
-                    rows.append(
-                        f"{nt[0][1:-1].decode()}{prefix}{source}\t{records.ids[rec]}\t{split}\n"
-                    )
-                    if len(rows) >= 10_000:
-                        table.write("".join(rows).encode())
-                        written += len(rows)
-                        rows = []
-            table.write("".join(rows).encode())
-            written += len(rows)
-            if seen != len(record_of):
-                raise ValidationError(f"spool of group {group.name}: {seen} of {len(record_of)}")
+            written += _write_group(
+                group, record_of, records, inputs, validation, nt_out, aa_out, table
+            )
     for rec in np.flatnonzero((candidates > 0) & (chosen == 0)).tolist():
         source = inputs[records.input_of[rec]].source
         reason = NOT_SAMPLED.format(int(candidates[rec]))
         skipped.write(
             f"{records.ids[rec]}\trecord\t{records.ids[rec]}\t{source}\t{reason}\n".encode()
         )
+    return written
+
+
+def _write_group(
+    group: _Group,
+    record_of: np.ndarray,
+    records: Records,
+    inputs: list[TrainingInput],
+    validation: np.ndarray,
+    nt_out: BinaryIO,
+    aa_out: BinaryIO,
+    table: BinaryIO,
+) -> int:
+    """Copy the chosen frames of one group's spool, a batch of frames at a time."""
+    prefix = f"\t{group.label}\t{group.name}\t".encode()
+    tails: dict[int, bytes] = {}  # record -> b"source\trecord\tsplit\n"
+    written = 0
+    with (
+        open(group.spool.nucleotide_path, "rb") as nt_in,
+        open(group.spool.protein_path, "rb") as aa_in,
+    ):
+        for start in range(0, len(record_of), _BATCH):
+            stop = min(start + _BATCH, len(record_of))
+            nt = list(islice(nt_in, 2 * (stop - start)))
+            aa = list(islice(aa_in, 2 * (stop - start)))
+            if len(nt) != 2 * (stop - start) or nt[0::2] != aa[0::2]:
+                raise ValidationError(f"spool of group {group.name}: frames out of step")
+            mask = group.mask[start:stop]
+            recs = record_of[start:stop][mask].tolist()
+            if not recs:
+                continue
+            if len(recs) < len(mask):
+                both = np.repeat(mask, 2)
+                nt, aa = list(compress(nt, both)), list(compress(aa, both))
+            nt_out.write(b"".join(nt))
+            aa_out.write(b"".join(aa))
+            for rec in set(recs) - tails.keys():
+                split = "validation" if validation[rec] else "train"
+                source = inputs[records.input_of[rec]].source
+                tails[rec] = f"{source}\t{records.ids[rec]}\t{split}\n".encode()
+            rows = [h[1:-1] + prefix + tails[r] for h, r in zip(nt[0::2], recs, strict=True)]
+            table.write(b"".join(rows))
+            written += len(rows)
+        if nt_in.read(1) or aa_in.read(1):
+            raise ValidationError(f"spool of group {group.name}: more frames than counted")
     return written
 
 
