@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from virnucpro.pipeline.answer_options import add_call_options, call_rule
+
 
 def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
     translate = sub.add_parser(
@@ -75,6 +77,7 @@ def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options
         help="classifier: an original 300_model.pth/500_model.pth or our "
         "safetensors file (default: the original for --chunk-size)",
     )
+    add_call_options(predict)
     add_engine_options(predict)
     predict.set_defaults(handler=_cmd_predict)
 
@@ -90,6 +93,7 @@ def _cmd_predict(args) -> int:
         classifier=args.classifier,
         precision=args.precision,
         engine=engine_kwargs(args),
+        call_rule=call_rule(args),
     )
     result = run_predict(args.input, args.output_dir, options)
     c = result.counts
