@@ -136,8 +136,10 @@ def _embed_stage(fasta: Path, out: Path, spec: EmbedderSpec, engine: dict, desc:
     return embed([fasta], out, spec, desc=desc, **engine)
 
 
-def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> PredictResult:
-    """Run the whole VirNucPro method on one FASTA/FASTQ file."""
+def run_predict(
+    input_path: Path, out_dir: Path, options: PredictOptions, *, report: bool = True
+) -> PredictResult:
+    """Run the whole VirNucPro method on one FASTA/FASTQ file (``report``: write report.html)."""
     started = time.time()
     input_path, out_dir = Path(input_path), Path(out_dir)
     if not input_path.is_file():
@@ -182,7 +184,7 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
     )
     timings["classify_and_write"] = time.time() - t
     partial = any(r.exit_code != 0 for r in stage_results.values()) or counts["frames_unscored"]
-    report = {
+    run_report = {
         "virnucpro_version": __version__,
         "command": "predict",
         "status": "partial" if partial else "complete",
@@ -219,8 +221,12 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
         },
         "timings_s": {**timings, "total": time.time() - started},
     }
-    atomic_write_json(out_dir / "run.json", report)
-    return PredictResult(2 if partial else 0, out_dir, report["counts"])
+    atomic_write_json(out_dir / "run.json", run_report)
+    if report:
+        from virnucpro.report.render import write_report
+
+        write_report(out_dir)
+    return PredictResult(2 if partial else 0, out_dir, run_report["counts"])
 
 
 def _shard_done(out_dir, options, stage_results, translated, timings, started) -> PredictResult:
