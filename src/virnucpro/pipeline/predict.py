@@ -262,12 +262,20 @@ def _sha256(path: Path) -> str:
 
 
 def _classify_and_write(
-    input_path, out_dir, chunked, records, frame_ids, h5, classifier, options: PredictOptions
+    input_path,
+    out_dir,
+    chunked,
+    records,
+    frame_ids,
+    h5,
+    classifier,
+    options: PredictOptions,
+    id_prefix: str = "",
 ):
     from virnucpro.models.classifier import check_feature_width
 
     blocks, unscored, (dna_dim, protein_dim) = joined_features(
-        frame_ids, h5["dnabert_s"], h5["esm2"]
+        frame_ids, h5["dnabert_s"], h5["esm2"], id_prefix
     )
     if frame_ids and len(unscored) < len(frame_ids):
         check_feature_width(

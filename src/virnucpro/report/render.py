@@ -116,6 +116,7 @@ def build_section(name: str, folder: Path, base: Path, plots: Path, top: int) ->
     if not run_json.is_file() or not (folder / tables.SUMMARY).is_file():
         raise InputError(f"{folder}: not a finished predict output (no run.json or summary)")
     section = Section(name, folder, json.loads(run_json.read_text()))
+    plots.mkdir(parents=True, exist_ok=True)
     record_bins = [0] * figures.BINS
     best: list[tuple[float, int, str, int]] = []  # min-heap of (score, -order, id, length)
     for order, row in enumerate(_summary(folder)):
@@ -164,7 +165,6 @@ def write_report(out_dir: Path, top: int = TOP_TRACKS) -> Path:
     )
     template = env.get_template("report.html.j2")
     plots = out_dir / PLOTS
-    plots.mkdir(parents=True, exist_ok=True)
     if (out_dir / SAMPLES_TSV).is_file():
         samples = _samples(out_dir)
         sections = [
