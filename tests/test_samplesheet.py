@@ -106,6 +106,8 @@ def test_samples_equal_separate_runs(runs, inputs):
             assert_same_table(mine / table, alone / table)
         assert (mine / "viral.fna").read_text() == (alone / "viral.fna").read_text()
         assert (mine / "report.html").is_file()
+    html = (together / "report.html").read_text()
+    assert all(f"<h2>Sample {name}</h2>" in html for name in inputs)
     samples = read_tsv(together / "samples.tsv")
     assert list(samples[0]) == [
         "sample", "records", "pairs", "virus", "others", "no_call", "viral_fraction",
