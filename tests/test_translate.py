@@ -135,9 +135,9 @@ def test_chunk_bounds_by_hand(n: int, c: int, expected: list[tuple[int, int]]) -
 def test_fast_chunk_bounds_match_reference() -> None:
     for c in (1, 2, 3, 7, 300, 500):
         for n in range(0, 3 * c + 50 if c > 10 else 200):
-            assert fast._fast_bounds(n, c) == chunk_bounds(n, c), (n, c)
+            assert fast.fast_bounds(n, c) == chunk_bounds(n, c), (n, c)
     for n in (10_001, 123_457, 2_460_000):
-        assert fast._fast_bounds(n, 500) == chunk_bounds(n, 500)
+        assert fast.fast_bounds(n, 500) == chunk_bounds(n, 500)
 
 
 def test_chunk_ids_and_bad_chunk_size() -> None:

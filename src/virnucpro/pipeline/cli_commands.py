@@ -7,6 +7,14 @@ import sys
 from pathlib import Path
 
 from virnucpro.pipeline.chunking import chunk_size_arg
+from virnucpro.pipeline.answers_cli import (
+    add_call_options,
+    add_input_options,
+    add_report_command,
+    call_rule,
+    check_inputs,
+    pair_counts,
+)
 
 
 def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
@@ -30,6 +38,7 @@ def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_optio
     translate.set_defaults(handler=_cmd_translate)
     add_predict_command(sub, common, add_engine_options)
     add_selfcheck_command(sub, common, add_engine_options)
+    add_report_command(sub, common)
 
 
 def _cmd_translate(args) -> int:
@@ -57,7 +66,7 @@ def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options
         "virnucpro_summary.tsv, viral.fna, skipped.tsv and run.json. Exit 0: complete; "
         "2: some frames could not be scored (see skipped.tsv); 1: error.",
     )
-    predict.add_argument("input", type=Path, metavar="INPUT", help="FASTA/FASTQ, plain or gzip")
+    add_input_options(predict)
     predict.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
     predict.add_argument(
         "--chunk-size",
@@ -83,6 +92,7 @@ def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options
         help="classifier: an original 300_model.pth/500_model.pth or our "
         "safetensors file (default: the original for --chunk-size)",
     )
+    add_call_options(predict)
     add_engine_options(predict)
     predict.set_defaults(handler=_cmd_predict)
 
@@ -91,6 +101,7 @@ def _cmd_predict(args) -> int:
     from virnucpro.cli import engine_kwargs
     from virnucpro.pipeline.predict import PredictOptions, run_predict
 
+    check_inputs(args)
     options = PredictOptions(
         chunk_size=args.chunk_size,
         esm_model=args.esm_model,
@@ -98,8 +109,18 @@ def _cmd_predict(args) -> int:
         classifier=args.classifier,
         precision=args.precision,
         engine=engine_kwargs(args),
+        call_rule=call_rule(args),
     )
-    result = run_predict(args.input, args.output_dir, options)
+    if args.samplesheet is not None:
+        from virnucpro.pipeline.samplesheet import run_samplesheet
+
+        result = run_samplesheet(args.samplesheet, args.output_dir, options)
+    elif args.paired:
+        from virnucpro.pipeline.pairs import run_paired
+
+        result = run_paired(*args.inputs, args.output_dir, options)
+    else:
+        result = run_predict(args.inputs[0], args.output_dir, options)
     c = result.counts
     if "shard" in c:
         print(
@@ -110,8 +131,8 @@ def _cmd_predict(args) -> int:
         return result.exit_code
     print(
         f"{c['input_records']} records: {c['records_virus']} virus, {c['records_others']} others, "
-        f"{c['records_no_call']} no call ({c['frames_scored']} frames scored) -> "
-        f"{args.output_dir}",
+        f"{c['records_no_call']} no call ({c['frames_scored']} frames scored){pair_counts(c)} "
+        f"-> {args.output_dir}",
         file=sys.stderr,
     )
     if result.exit_code:

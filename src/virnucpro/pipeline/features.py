@@ -23,13 +23,14 @@ class FeatureBlock:
 class _Rows:
     """Id -> row lookup and slab reads of one embeddings file."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, prefix: str = "") -> None:
         self.file = h5py.File(path, "r") if path is not None else None
         self.row: dict[str, int] = {}
         self.dim = 0
         if self.file is not None:
-            ids = self.file["ids"][()]
-            self.row = {(s.decode() if isinstance(s, bytes) else s): i for i, s in enumerate(ids)}
+            ids = self.file["ids"].asstr()[()]
+            cut = len(prefix)
+            self.row = {s[cut:]: i for i, s in enumerate(ids) if s.startswith(prefix)}
             self.data = self.file[_default_dataset(self.file)]
             self.dim = int(self.data.shape[1])
 
@@ -46,14 +47,15 @@ class _Rows:
 
 
 def joined_features(
-    frame_ids: Sequence[str], dna_h5: Path | None, protein_h5: Path | None
+    frame_ids: Sequence[str], dna_h5: Path | None, protein_h5: Path | None, prefix: str = ""
 ) -> tuple[Iterator[FeatureBlock], dict[str, str], tuple[int, int]]:
     """Features for every frame present in BOTH files, in ``frame_ids`` order.
 
     Returns (blocks, unscored frame id -> reason, (dna_dim, protein_dim)). Rows are paired by
-    id, never by position.
+    id, never by position. With ``prefix`` only the files' ids that start with it are used, with
+    the prefix removed (the rows of one sample in a samplesheet run).
     """
-    dna, protein = _Rows(dna_h5), _Rows(protein_h5)
+    dna, protein = _Rows(dna_h5, prefix), _Rows(protein_h5, prefix)
     unscored: dict[str, str] = {}
     for frame in frame_ids:
         in_dna, in_protein = frame in dna.row, frame in protein.row

@@ -27,6 +27,8 @@ from virnucpro.io.fasta import read_records
 from virnucpro.models.base import EmbedderSpec
 from virnucpro.pipeline import tables
 from virnucpro.pipeline.features import joined_features
+from virnucpro.pipeline.record_call import CallRule
+from virnucpro.pipeline.record_outputs import write_record_outputs
 from virnucpro.pipeline.translate import TranslateResult, output_paths, translate_file
 
 DEFAULT_ESM = "esm2_t36_3B_UR50D"
@@ -41,6 +43,7 @@ class PredictOptions:
     classifier: str | None = None  # default: the original classifier for the chunk size
     precision: str = "auto"
     engine: dict = field(default_factory=dict)  # devices, world_size, tokens_per_batch, ...
+    call_rule: CallRule = field(default_factory=CallRule)  # the record call (record_call.py)
 
 
 @dataclass
@@ -133,8 +136,10 @@ def _embed_stage(fasta: Path, out: Path, spec: EmbedderSpec, engine: dict, desc:
     return embed([fasta], out, spec, desc=desc, **engine)
 
 
-def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> PredictResult:
-    """Run the whole VirNucPro method on one FASTA/FASTQ file."""
+def run_predict(
+    input_path: Path, out_dir: Path, options: PredictOptions, *, report: bool = True
+) -> PredictResult:
+    """Run the whole VirNucPro method on one FASTA/FASTQ file (``report``: write report.html)."""
     started = time.time()
     input_path, out_dir = Path(input_path), Path(out_dir)
     if not input_path.is_file():
@@ -174,10 +179,12 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
 
         frame_ids = list(SequenceIndex.open(out_dir / "stages" / "esm2" / "work" / "index").ids)
     t = time.time()
-    counts = _classify_and_write(input_path, out_dir, chunked, records, frame_ids, h5, classifier)
+    counts = _classify_and_write(
+        input_path, out_dir, chunked, records, frame_ids, h5, classifier, options
+    )
     timings["classify_and_write"] = time.time() - t
     partial = any(r.exit_code != 0 for r in stage_results.values()) or counts["frames_unscored"]
-    report = {
+    run_report = {
         "virnucpro_version": __version__,
         "command": "predict",
         "status": "partial" if partial else "complete",
@@ -186,6 +193,8 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
         "parameters": {
             "chunk_size": options.chunk_size,
             "precision": options.precision,
+            "record_threshold": options.call_rule.threshold,
+            "min_viral_fraction": options.call_rule.min_viral_fraction,
             **{k: v for k, v in options.engine.items()},
         },
         "models": {
@@ -212,8 +221,12 @@ def run_predict(input_path: Path, out_dir: Path, options: PredictOptions) -> Pre
         },
         "timings_s": {**timings, "total": time.time() - started},
     }
-    atomic_write_json(out_dir / "run.json", report)
-    return PredictResult(2 if partial else 0, out_dir, report["counts"])
+    atomic_write_json(out_dir / "run.json", run_report)
+    if report:
+        from virnucpro.report.render import write_report
+
+        write_report(out_dir)
+    return PredictResult(2 if partial else 0, out_dir, run_report["counts"])
 
 
 def _shard_done(out_dir, options, stage_results, translated, timings, started) -> PredictResult:
@@ -248,11 +261,21 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _classify_and_write(input_path, out_dir, chunked, records, frame_ids, h5, classifier):
+def _classify_and_write(
+    input_path,
+    out_dir,
+    chunked,
+    records,
+    frame_ids,
+    h5,
+    classifier,
+    options: PredictOptions,
+    id_prefix: str = "",
+):
     from virnucpro.models.classifier import check_feature_width
 
     blocks, unscored, (dna_dim, protein_dim) = joined_features(
-        frame_ids, h5["dnabert_s"], h5["esm2"]
+        frame_ids, h5["dnabert_s"], h5["esm2"], id_prefix
     )
     if frame_ids and len(unscored) < len(frame_ids):
         check_feature_width(
@@ -269,22 +292,9 @@ def _classify_and_write(input_path, out_dir, chunked, records, frame_ids, h5, cl
                 frames_scored[rid] = frames_scored.get(rid, 0) + 1
     with atomic_path(out_dir / tables.HIGHEST) as tmp, open(tmp, "w") as handle:
         writer.write_highest(handle)
-    scores = writer.record_scores()
-    with atomic_path(out_dir / tables.SUMMARY) as tmp, open(tmp, "w") as handle:
-        calls = tables.write_summary(handle, records, scores, frames_scored)
-    if sum(calls.values()) != len(records):
-        raise VirnucproError("internal accounting error: the summary does not hold every record")
-    viral = {rid for rid, score in scores.items() if score.call == "virus"}
-    written = 0
-    with atomic_path(out_dir / tables.VIRAL) as tmp, open(tmp, "w") as handle:
-        for record in read_records(input_path):
-            if record.id in viral:
-                handle.write(f">{record.header}\n{record.seq}\n")
-                written += 1
-    if written != len(viral):
-        raise VirnucproError(
-            f"internal accounting error: {len(viral)} viral records, {written} written"
-        )
+    answers = write_record_outputs(
+        input_path, out_dir, records, writer, frames_scored, options.chunk_size, options.call_rule
+    )
     skipped_rows = _skipped_rows(chunked, records, writer, unscored)
     with atomic_path(out_dir / tables.SKIPPED) as tmp, open(tmp, "w") as handle:
         handle.write("id\tlevel\treason\n")
@@ -293,9 +303,7 @@ def _classify_and_write(input_path, out_dir, chunked, records, frame_ids, h5, cl
         "frames_scored": writer.rows,
         "frames_unscored": len(unscored),
         "chunks_scored": len(writer.chunks),
-        "records_virus": calls["virus"],
-        "records_others": calls["others"],
-        "records_no_call": calls["no_call"],
+        **answers,
         "skipped_rows": len(skipped_rows),
     }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,12 +34,6 @@ class RecordScore:
     best_virus: float = -1.0
     viral_chunks: int = 0
 
-    @property
-    def call(self) -> str:
-        if not self.frames_scored:
-            return "no_call"
-        return "virus" if self.best_virus >= self.best_others else "others"
-
 
 @dataclass
 class PredictionWriter:
@@ -50,6 +43,7 @@ class PredictionWriter:
     chunks: dict[str, list[float]] = field(
         default_factory=dict
     )  # chunk -> [max score1, max score2]
+    frames: dict[str, int] = field(default_factory=dict)  # chunk -> frames scored
     rows: int = 0
 
     def __post_init__(self) -> None:
@@ -60,7 +54,9 @@ class PredictionWriter:
         for frame, (others, virus) in zip(ids, probabilities.tolist(), strict=True):
             label = "virus" if virus > others else "others"
             lines.append(f"{frame}\t{label}\t{format_score(others)}\t{format_score(virus)}\n")
-            best = self.chunks.setdefault(chunk_of(frame), [-1.0, -1.0])
+            chunk = chunk_of(frame)
+            best = self.chunks.setdefault(chunk, [-1.0, -1.0])
+            self.frames[chunk] = self.frames.get(chunk, 0) + 1
             best[0] = max(best[0], others)
             best[1] = max(best[1], virus)
         self.handle.write("".join(lines))
@@ -86,24 +82,13 @@ class PredictionWriter:
         return scores
 
 
-def write_summary(
-    handle,
-    records: Iterable[tuple[str, int, int, int]],
-    scores: dict[str, RecordScore],
-    frames_scored: dict[str, int],
-) -> dict[str, int]:
-    """One row per input record; returns the number of records per call."""
-    handle.write(
-        "id\tlength\tchunks\tframes_kept\tframes_scored\tviral_chunks\tbest_virus_score\tcall\n"
-    )
-    counts = {"virus": 0, "others": 0, "no_call": 0}
-    for rid, length, chunks, kept in records:
-        score = scores.get(rid, RecordScore())
-        score.frames_scored = frames_scored.get(rid, 0)
-        best = format_score(score.best_virus) if score.frames_scored else "NA"
-        handle.write(
-            f"{rid}\t{length}\t{chunks}\t{kept}\t{score.frames_scored}\t"
-            f"{score.viral_chunks}\t{best}\t{score.call}\n"
-        )
-        counts[score.call] += 1
-    return counts
+SUMMARY_HEADER = (
+    "id\tlength\tchunks\tframes_kept\tframes_scored\tviral_chunks\tbest_virus_score\tcall"
+)
+
+
+def summary_columns(record: tuple[str, int, int, int], score: RecordScore) -> str:
+    """The summary's first seven columns of one record (``call`` and the rest follow)."""
+    rid, length, chunks, kept = record
+    best = format_score(score.best_virus) if score.frames_scored else "NA"
+    return f"{rid}\t{length}\t{chunks}\t{kept}\t{score.frames_scored}\t{score.viral_chunks}\t{best}"

@@ -173,7 +173,7 @@ class _Writer:
             if n == 0:
                 self.result.skipped.append((rec_id, "empty sequence"))
             prefix = rec_id.encode() + b"_chunk_"
-            bounds = [(0, n)] if 0 < n <= c else _fast_bounds(n, c)
+            bounds = [(0, n)] if 0 < n <= c else fast_bounds(n, c)
             entry[2] = len(bounds)
             for i, (start, end) in enumerate(bounds, 1):
                 self.ids.append(prefix + str(i).encode())
@@ -221,7 +221,7 @@ class _Writer:
         res.non_acgtn = sum(res.non_acgtn_chars.values())
 
 
-def _fast_bounds(n: int, c: int) -> list[tuple[int, int]]:
+def fast_bounds(n: int, c: int) -> list[tuple[int, int]]:
     """``chunk_bounds`` in closed form: sum(steps[:i]) = i*lo + min(i, m) for i < k."""
     if n <= 0:
         return []
