@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from virnucpro.pipeline.chunking import chunk_size_arg
 from virnucpro.pipeline.answers_cli import (
     add_call_options,
     add_input_options,
@@ -15,6 +14,7 @@ from virnucpro.pipeline.answers_cli import (
     check_inputs,
     pair_counts,
 )
+from virnucpro.pipeline.chunking import chunk_size_arg
 
 
 def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_options) -> None:

@@ -310,7 +310,7 @@ def _translate_block(
 
 def chunk_spans(n: int, c: int) -> list[tuple[int, int]]:
     """The ``[start, end)`` chunks of a record of length ``n``, as ``chunking.chunk_bounds``."""
-    return [(0, n)] if 0 < n <= c else _fast_bounds(n, c)
+    return [(0, n)] if 0 < n <= c else fast_bounds(n, c)
 
 
 def translate_chunks(
