@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     from virnucpro.training.make_dataset_cli import add_make_dataset_command
 
     add_make_dataset_command(sub, common)
+    from virnucpro.training.train_cli import add_training_commands
+
+    add_training_commands(sub, common, _add_engine_options)
     return parser
 
 

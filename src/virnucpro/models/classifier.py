@@ -131,8 +131,11 @@ def check_feature_width(classifier: MLPClassifier, width: int, *, source: str) -
 # ---------------------------------------------------------------- our safetensors format
 
 
-def save_classifier(model: MLPClassifier, path: str | os.PathLike) -> Path:
-    """Write ``model`` as safetensors with its geometry and format version in the metadata."""
+def save_classifier(
+    model: MLPClassifier, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``model`` as safetensors with its geometry and format version in the metadata
+    (plus ``extra_metadata``, e.g. a trained classifier's provenance)."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
@@ -142,6 +145,7 @@ def save_classifier(model: MLPClassifier, path: str | os.PathLike) -> Path:
         "hidden": str(model.hidden),
         "num_classes": str(model.num_classes),
         "bn_eps": repr(float(model.bn1.eps)),
+        **(extra_metadata or {}),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
