@@ -68,49 +68,69 @@ def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options
     )
     add_input_options(predict)
     predict.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
-    predict.add_argument(
-        "--chunk-size",
-        type=int,
-        choices=[300, 500],
-        default=500,
-        help="chunk length; selects the matching original classifier (default 500)",
-    )
-    predict.add_argument(
-        "--esm-model",
-        default="esm2_t36_3B_UR50D",
-        help="ESM-2 name, hub id, folder or .pt (default esm2_t36_3B_UR50D)",
-    )
-    predict.add_argument(
-        "--dnabert-model",
-        default="zhihan1996/DNABERT-S",
-        help="DNABERT-S hub id or folder (default zhihan1996/DNABERT-S)",
-    )
-    predict.add_argument(
-        "--classifier",
-        default=None,
-        metavar="PATH",
-        help="classifier: an original 300_model.pth/500_model.pth or our "
-        "safetensors file (default: the original for --chunk-size)",
-    )
+    add_model_options(predict)
     add_call_options(predict)
     add_engine_options(predict)
     predict.set_defaults(handler=_cmd_predict)
 
 
-def _cmd_predict(args) -> int:
-    from virnucpro.cli import engine_kwargs
-    from virnucpro.pipeline.predict import PredictOptions, run_predict
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--chunk-size, --esm-model, --dnabert-model, --classifier (predict and evaluate)."""
+    p.add_argument(
+        "--chunk-size",
+        type=chunk_size_arg,
+        default=None,
+        metavar="N",
+        help="chunk length: 300 or 500 select the original classifier (default 500); a "
+        "classifier made by `virnucpro train` sets it (any other value is refused)",
+    )
+    p.add_argument(
+        "--esm-model",
+        default=None,
+        help="ESM-2 name, hub id, folder or .pt (default esm2_t36_3B_UR50D, or the model a "
+        "trained --classifier records)",
+    )
+    p.add_argument(
+        "--dnabert-model",
+        default=None,
+        help="DNABERT-S hub id or folder (default zhihan1996/DNABERT-S, or the one a trained "
+        "--classifier records)",
+    )
+    p.add_argument(
+        "--classifier",
+        default=None,
+        metavar="PATH",
+        help="classifier: an original 300_model.pth/500_model.pth, our safetensors file, or a "
+        "`virnucpro train` MODEL_DIR (default: the original for --chunk-size)",
+    )
 
-    check_inputs(args)
-    options = PredictOptions(
-        chunk_size=args.chunk_size,
-        esm_model=args.esm_model,
-        dnabert_model=args.dnabert_model,
-        classifier=args.classifier,
+
+def predict_options(args):
+    """PredictOptions from the model, engine and call options (a trained classifier's
+    chunk size and feature models are the defaults)."""
+    from virnucpro.cli import engine_kwargs
+    from virnucpro.pipeline.predict import DEFAULT_DNABERT, DEFAULT_ESM, PredictOptions
+    from virnucpro.pipeline.trained_classifier import predict_defaults
+
+    classifier, chunk_size, esm, dnabert = predict_defaults(
+        args.classifier, args.chunk_size, args.esm_model, args.dnabert_model
+    )
+    return PredictOptions(
+        chunk_size=chunk_size,
+        esm_model=esm or DEFAULT_ESM,
+        dnabert_model=dnabert or DEFAULT_DNABERT,
+        classifier=classifier,
         precision=args.precision,
         engine=engine_kwargs(args),
         call_rule=call_rule(args),
     )
+
+
+def _cmd_predict(args) -> int:
+    from virnucpro.pipeline.predict import run_predict
+
+    check_inputs(args)
+    options = predict_options(args)
     if args.samplesheet is not None:
         from virnucpro.pipeline.samplesheet import run_samplesheet
 

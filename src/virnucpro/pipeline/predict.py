@@ -127,6 +127,9 @@ def _resolve_models(options: PredictOptions):
     if problems:
         raise ModelError(" | ".join(problems))
     dnabert, esm, classifier_path = resolved
+    from virnucpro.pipeline.trained_classifier import check_feature_models
+
+    check_feature_models(classifier_path, dnabert, esm)
     return dnabert, esm, classifier_path, load_classifier(classifier_path)
 
 
