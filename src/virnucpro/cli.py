@@ -7,11 +7,20 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from virnucpro import __version__
 from virnucpro.errors import VirnucproError
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1 with the usage line: 2 means "partial result" for virnucpro."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -98,13 +107,13 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="virnucpro",
         description="Viral sequence identification (VirNucPro) and protein/DNA language-model "
         "embeddings on every device of a machine.",
     )
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar, errors only"

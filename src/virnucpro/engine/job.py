@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virnucpro.engine.inputkind import check_input_kind
 from virnucpro.engine.jobstate import JobState, describe_job
 from virnucpro.engine.local import Interrupted, LocalBackend
 from virnucpro.engine.merge import committed_positions, merge_units
@@ -74,6 +75,7 @@ class RunOutcome:
     reused: int = 0
     missing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     missing_reasons: list[str] = field(default_factory=list)
+    input_check: dict = field(default_factory=dict)  # engine/inputkind.py
 
 
 def _tsv(path: Path, header: str, rows: list[tuple]) -> None:
@@ -81,19 +83,22 @@ def _tsv(path: Path, header: str, rows: list[tuple]) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _open(files: list[Path], out_dir: Path) -> tuple[RunDir, SequenceIndex]:
-    """Index the inputs; a bad input leaves no output directory behind."""
+def _open(
+    files: list[Path], out_dir: Path, spec: EmbedderSpec
+) -> tuple[RunDir, SequenceIndex, dict]:
+    """Index the inputs and check they suit the model; a bad input leaves no output behind."""
     created = not out_dir.exists()
     rd = RunDir(out_dir)
     try:
         rd.work.mkdir(parents=True, exist_ok=True)
         index = build_or_load([Path(f) for f in files], rd.index)
+        input_check = check_input_kind(index, spec)
     except VirnucproError:
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     rd.create()
-    return rd, index
+    return rd, index, input_check
 
 
 class _RunLog:
@@ -126,7 +131,7 @@ def run_embedding_job(
 ) -> JobResult:
     """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir)."""
     started = time.time()
-    rd, index = _open(files, Path(out_dir))
+    rd, index, input_check = _open(files, Path(out_dir), spec)
     with _RunLog(rd):
         timings = {"index": time.time() - started}
         if index.skipped:
@@ -145,6 +150,7 @@ def run_embedding_job(
         run_number = state.start(description, spec)
         compute_started = time.time()
         outcome = _compute(index, rd, spec, options, desc, run_number, started, timings)
+        outcome.input_check = input_check
         timings["compute"] = time.time() - compute_started
         if options.shard is not None:
             return _finish_shard(index, rd, state, spec, options, outcome, started, timings)
@@ -158,12 +164,12 @@ def merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> Jo
     state = JobState(rd)
     spec = state.spec()
     files = [Path(f["path"]) for f in state.previous["job"]["inputs"]]
-    _, index = _open(files, rd.root)
+    _, index, input_check = _open(files, rd.root, spec)
     with _RunLog(rd):
         description = describe_job(index, spec)
         state.check(description, restart=False)
         done, failed = committed_positions(_unit_files(rd), len(index))
-        outcome = RunOutcome()
+        outcome = RunOutcome(input_check=input_check)
         records = state.shard_records()
         for record in records:
             outcome.missing = np.concatenate(
@@ -376,6 +382,7 @@ def _finish_shard(index, rd, state, spec, options, outcome, started, timings) ->
     state.write_shard(options.shard, status, missing, outcome.missing_reasons, counts)
     report = build_report(index, spec, options, outcome, started, timings, status=f"shard {status}")
     report["counts"].update(counts)
+    report["input_check"] = outcome.input_check
     atomic_write_json(rd.root / f"run.shard{i}of{n}.json", report)
     failed_ranks = [w.rank for w in outcome.workers if w.status == "failed"]
     return JobResult(
@@ -419,6 +426,7 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
         missing=int(missing.size),
         failed=int(failed_pos.size),
     )
+    report["input_check"] = outcome.input_check
     if partial and options.strict:
         report["status"] = "failed (strict)"
         atomic_write_json(rd.report, report)

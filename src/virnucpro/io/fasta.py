@@ -1,16 +1,14 @@
-"""Streaming FASTA/FASTQ reader (plain or gzip) with one-line errors for bad input.
+"""Streaming FASTA/FASTQ reader (plain, gzip, bzip2, xz) with one-line errors for bad input.
 
 The format is detected from the first non-blank character (``>`` or ``@``), compression from
-the gzip magic bytes. Files are read in binary blocks; each block is checked for binary bytes
-and each record's sequence for invalid characters with ``bytes.translate``, never character by
-character in Python.
+the magic bytes (``io/compression.py``). Files are read in binary blocks; each block is
+checked for binary bytes and each record's sequence for invalid characters with
+``bytes.translate``, never character by character in Python.
 """
 
 from __future__ import annotations
 
-import gzip
 import string
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -18,10 +16,10 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from virnucpro.errors import InputError
+from virnucpro.io.compression import STREAM_ERRORS, damaged, open_binary
 
 Format = Literal["fasta", "fastq"]
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _BLOCK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _WS = b" \t\r\n\x0b\x0c"
@@ -45,7 +43,7 @@ RawRecord = tuple[str, str, bytes, int]  # (id, header, upper-cased ASCII sequen
 
 
 def read_records(path: str | Path) -> Iterator[Record]:
-    """Yield the records of a FASTA or FASTQ file (plain or gzip) in file order."""
+    """Yield the records of a FASTA or FASTQ file (plain, gzip, bzip2, xz) in file order."""
     for rec_id, header, seq, line in read_raw(path):
         yield Record(rec_id, seq.decode("ascii"), header, line)
 
@@ -59,29 +57,31 @@ def detect_format(path: str | Path) -> Format:
 def read_raw(path: str | Path) -> Iterator[RawRecord]:
     """Like ``read_records`` but yields tuples with the sequence as bytes (faster)."""
     name = str(path)
-    fh = _open(path)
+    fh, kind = _open_kind(path)
     try:
         lines = _lines(fh, name)
         fmt, first, lineno = _first_header(lines, name)
         parse = _parse_fasta if fmt == "fasta" else _parse_fastq
         yield from parse(lines, name, first, lineno)
-    except (EOFError, gzip.BadGzipFile, zlib.error):
-        raise InputError(f"{name}: gzip stream is truncated or corrupt") from None
+    except STREAM_ERRORS:
+        raise damaged(name, kind) from None
     except OSError as exc:
+        if kind is not None and exc.errno is None:  # bzip2: "Invalid data stream"
+            raise damaged(name, kind) from None
         raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
     finally:
         fh.close()
 
 
 def _open(path: str | Path) -> BinaryIO:
-    """Open ``path`` for binary reading, through gzip when it starts with the gzip magic."""
+    """Open ``path`` for binary reading, decompressing gzip, bzip2 or xz (by magic bytes)."""
+    return _open_kind(path)[0]
+
+
+def _open_kind(path: str | Path) -> tuple[BinaryIO, str | None]:
     name = str(path)
     try:
-        with open(path, "rb") as probe:
-            magic = probe.read(2)
-        if magic == _GZIP_MAGIC:
-            return gzip.open(path, "rb")  # type: ignore[return-value]
-        return open(path, "rb", buffering=1 << 20)
+        return open_binary(path)
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:

@@ -78,6 +78,10 @@ class Embedder(ABC):
     dtype: torch.dtype
     packed: bool = False  # forward computes real tokens only (sequences back to back)
 
+    def prepare(self, seq: str) -> str:
+        """The residues to embed of an input sequence (its stored length is then this one's)."""
+        return seq
+
     @abstractmethod
     def encode(self, seq: str) -> np.ndarray:
         """Token ids (int64) for one sequence, special tokens included, truncated if needed."""

@@ -55,6 +55,11 @@ for _i, _tok in enumerate(ALPHABET):
         _LOOKUP[ord(_tok)] = _i
 
 
+def strip_stop(seq: str) -> str:
+    """``seq`` without one trailing ``*`` (a stop codon, not a residue); ``*`` alone is kept."""
+    return seq[:-1] if len(seq) > 1 and seq.endswith("*") else seq
+
+
 def encode_protein(seq: str) -> np.ndarray:
     """``<cls>`` + residues (first 1022; unknown or lower-case letters -> ``<unk>``) + ``<eos>``."""
     if not seq:
@@ -578,6 +583,10 @@ class Esm2Embedder(Embedder):
             self.output_names = ["embeddings"]
         else:
             self.output_names = [f"embeddings_layer_{layer}" for layer in self.layers]
+
+    def prepare(self, seq: str) -> str:
+        """One trailing ``*`` (a stop codon, as Prodigal writes on every gene) is dropped."""
+        return strip_stop(seq)
 
     def encode(self, seq: str) -> np.ndarray:
         return encode_protein(seq)

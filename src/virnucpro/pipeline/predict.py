@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,8 @@ from virnucpro.pipeline.translate import TranslateResult, output_paths, translat
 
 DEFAULT_ESM = "esm2_t36_3B_UR50D"
 DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
+NO_CODON = "no complete codon (no 3 unambiguous nucleotides A/C/G/T in a row)"
+_CODON = re.compile("[ACGT]{3}")  # the six frames together read a codon at every start
 
 
 @dataclass
@@ -322,6 +325,8 @@ def _skipped_rows(chunked: Path, records, writer, unscored: dict[str, str]):
             rows.append(
                 (record.id, "chunk", "none of its frames could be embedded (see its frames)")
             )
+        elif _CODON.search(record.seq) is None:
+            rows.append((record.id, "chunk", NO_CODON))
         else:
             rows.append((record.id, "chunk", "no stop-free frame in any of the six frames"))
     rows.extend((frame, "frame", reason) for frame, reason in unscored.items())

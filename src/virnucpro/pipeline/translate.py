@@ -21,7 +21,9 @@ import numpy as np
 
 from virnucpro.errors import InputError
 from virnucpro.io.atomic import atomic_path
+from virnucpro.io.compression import SUFFIXES as COMPRESSED_SUFFIXES
 from virnucpro.io.fasta import RawRecord, read_raw
+from virnucpro.io.seqtype import NucleotideCheck
 from virnucpro.pipeline.chunking import CODON_TABLE
 
 _SEQ_SUFFIXES = (".fa", ".fasta", ".fna", ".fas", ".faa", ".fq", ".fastq")
@@ -79,10 +81,13 @@ class TranslateResult:
 
 
 def output_stem(path: Path) -> str:
-    """File name without ``.gz`` and one FASTA/FASTQ suffix (``reads.fq.gz`` -> ``reads``)."""
+    """File name without ``.gz``/``.bz2``/``.xz`` and one FASTA/FASTQ suffix (``reads.fq.gz``
+    -> ``reads``)."""
     name = path.name
-    if name.lower().endswith(".gz"):
-        name = name[:-3]
+    for packed in COMPRESSED_SUFFIXES:
+        if name.lower().endswith(packed):
+            name = name[: -len(packed)]
+            break
     for suffix in _SEQ_SUFFIXES:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
@@ -129,7 +134,9 @@ def translate_file(
             tsv = outs[3] if len(outs) > 3 else None
             if tsv is not None:
                 tsv.write(b"id\tlength\tchunks\tframes_kept\n")
-            _Writer(chunk_size, *outs[:3], tsv, result, progress).run(read_raw(input))
+            writer = _Writer(chunk_size, *outs[:3], tsv, result, progress)
+            writer.check = NucleotideCheck(input)
+            writer.run(read_raw(input))
     except OSError as exc:
         where = exc.filename or out_dir
         raise InputError(f"{where}: cannot write outputs ({exc.strerror or exc})") from None
@@ -160,14 +167,16 @@ class _Writer:
         self.owners: list[list] = []  # per queued chunk, its record: [id, length, chunks, frames]
         self.done: list[list] = []  # records whose chunks are all queued, in input order
         self.bases = 0
+        self.check = NucleotideCheck("")  # input type (io/seqtype.py)
 
     def run(self, records: Iterable[RawRecord]) -> None:
         """Consume ``read_raw`` records (sequences as upper-case bytes); flush the last block."""
         c = self.c
-        for rec_id, _header, seq, _line in records:
+        for rec_id, _header, seq, line in records:
             n = len(seq)
             entry = [rec_id, n, 0, 0]
             other = seq.translate(None, b"ACGTN")
+            self.check.add(rec_id, f"line {line}", seq, other)
             if other:
                 self.other.update(other)
             if n == 0:
@@ -183,6 +192,7 @@ class _Writer:
                 if self.bases >= _BLOCK_BASES:
                     self._flush()
             self.done.append(entry)
+        self.check.finish()
         self._flush()
         self._finish()
 

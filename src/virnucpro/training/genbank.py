@@ -1,10 +1,9 @@
-"""GenBank records (plain or gzip) through Biopython: id, sequence and CDS translations."""
+"""GenBank records (plain, gzip, bzip2, xz) through Biopython: id, sequence and CDS translations."""
 
 from __future__ import annotations
 
-import gzip
+import io
 import warnings
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,7 @@ from Bio import BiopythonParserWarning, SeqIO
 from Bio.Seq import UndefinedSequenceError
 
 from virnucpro.errors import InputError
-
-_GZIP_MAGIC = b"\x1f\x8b"
+from virnucpro.io.compression import STREAM_ERRORS, damaged, open_binary
 
 
 @dataclass(frozen=True)
@@ -29,18 +27,13 @@ class GenBankRecord:
 def read_genbank(path: Path) -> Iterator[GenBankRecord]:
     """Yield the records of a GenBank file in order; one-line InputError on malformed input."""
     try:
-        with open(path, "rb") as probe:
-            gz = probe.read(2) == _GZIP_MAGIC
+        raw, kind = open_binary(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     number, last = 0, "none"
     try:
         with (
-            (
-                gzip.open(path, "rt", encoding="utf-8", errors="replace")
-                if gz
-                else open(path, encoding="utf-8", errors="replace")
-            ) as handle,
+            io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as handle,
             warnings.catch_warnings(),
         ):
             warnings.simplefilter("ignore", BiopythonParserWarning)
@@ -50,9 +43,11 @@ def read_genbank(path: Path) -> Iterator[GenBankRecord]:
                 yield _convert(path, number, record)
     except InputError:
         raise
-    except (EOFError, gzip.BadGzipFile, zlib.error):
-        raise InputError(f"{path}: gzip stream is truncated or corrupt") from None
+    except STREAM_ERRORS:
+        raise damaged(path, kind) from None
     except OSError as exc:
+        if kind is not None and exc.errno is None:  # bzip2: "Invalid data stream"
+            raise damaged(path, kind) from None
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (ValueError, AssertionError, KeyError, IndexError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from virnucpro.errors import InputError
+from virnucpro.io.compression import STREAM_ERRORS, open_binary
 
 Label = Literal["viral", "other"]
 LABELS: tuple[Label, ...] = ("viral", "other")
 Format = Literal["genbank", "fasta", "fastq"]
 MANIFEST_COLUMNS = ("path", "label", "group")
-_GZIP_MAGIC = b"\x1f\x8b"
 _SNIFF_BYTES = 1 << 16
 
 
@@ -99,17 +98,15 @@ def check_inputs(inputs: list[TrainingInput]) -> None:
 
 def _open_text_head(path: Path) -> bytes:
     try:
-        with open(path, "rb") as probe:
-            magic = probe.read(2)
-        opener = gzip.open if magic == _GZIP_MAGIC else open
-        with opener(path, "rb") as f:
+        f, _kind = open_binary(path)
+        with f:
             return f.read(_SNIFF_BYTES)
-    except (OSError, EOFError) as exc:
+    except (OSError, *STREAM_ERRORS) as exc:
         raise InputError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def sniff_format(path: Path) -> Format:
-    """GenBank (first line ``LOCUS``), FASTA (``>``) or FASTQ (``@``), plain or gzip."""
+    """GenBank (first line ``LOCUS``), FASTA (``>``) or FASTQ (``@``), plain or compressed."""
     head = _open_text_head(path)
     for lineno, line in enumerate(head.splitlines(), start=1):
         text = line.strip()
