@@ -41,6 +41,7 @@ class WorkerConfig:
     units_dir: str
     log_path: str
     tokens_per_batch: int
+    job: str = ""  # the job tag written into every unit file (jobstate.job_tag)
 
 
 class StopRequested(Exception):
@@ -85,7 +86,7 @@ class UnitRunner:
     def commit(self, key: str, positions: np.ndarray) -> int:
         """Compute a unit and commit its file; returns the number of rows committed."""
         result = self.run(key, positions)
-        write_unit(Path(self.config.units_dir), result)
+        write_unit(Path(self.config.units_dir), result, job=self.config.job)
         self.log.info("unit %s committed: %s", key, self.stats)
         return len(result)
 
