@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,15 @@ import h5py
 import numpy as np
 import pytest
 from conftest import embed_args, protein_records
-from test_resilience import Runner, committed, kill_group, n_committed, report, wait_until
+from test_resilience import (
+    Runner,
+    assert_matches,
+    committed,
+    kill_group,
+    n_committed,
+    report,
+    wait_until,
+)
 
 ALL_IDS = [rid for rid, _ in protein_records()]
 
@@ -48,6 +57,20 @@ def assert_same_output(out: Path, ref: dict, *, atol: float = 1e-6) -> None:
             np.testing.assert_allclose(got[name], ref[name], atol=atol, rtol=0, err_msg=name)
         else:
             np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, proteins, tiny_esm_hf) -> tuple[list[str], np.ndarray]:
+    """A clean run with the test plan of ``embed_args``: (ids, vectors)."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    r = Runner(out.parent)
+    try:
+        code, stderr = r.run(*embed_args(proteins, out, tiny_esm_hf))
+    finally:
+        r.close()
+    assert code == 0, stderr
+    data = read_out(out / "embeddings.h5")
+    return data["ids"], data["embeddings"]
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +198,60 @@ def test_resume_with_doubled_tokens_per_batch_after_sigkill(
     assert json.loads((out / "work" / "job.json").read_text())["runs"] == 2
     # other batches, same numbers: fp32 on CPU, packed batches of another composition
     assert_same_output(out, ref)
+
+
+# -- items 4 and 5: the index cache is verified; job identity is the content ------------------
+def interrupted_run(runner: Runner, args: list[str], out: Path) -> dict[str, int]:
+    """Start a run whose last unit hangs, SIGKILL it once a unit is committed."""
+    proc = runner.start(*args, hooks={"VIRNUCPRO_TEST_HANG_ID": "p_one"})
+    wait_until(lambda: n_committed(out) >= 2, "two committed units", proc)
+    kill_group(proc)
+    return committed(out)
+
+
+def replace_byte(path: Path, old: bytes, new: bytes) -> None:
+    data = path.read_bytes()
+    at = data.index(old)
+    path.write_bytes(data[:at] + new + data[at + len(new) :])
+
+
+def test_damaged_index_cache_is_rebuilt(runner, tmp_path, proteins, tiny_esm_hf, reference):
+    out = tmp_path / "out"
+    args = embed_args(proteins, out, tiny_esm_hf)
+    before = interrupted_run(runner, args, out)
+    store = out / "work" / "index" / "sequence_index"
+    replace_byte(store / "ids.bin", b"p_long\n", b"p_lonG\n")  # same sizes: only content lies
+    data = (store / "sequences.bin").read_bytes()
+    (store / "sequences.bin").write_bytes(data.translate(bytes.maketrans(b"AC", b"CA")))
+
+    code, stderr = runner.run(*args)
+    assert code == 0, stderr
+    assert_matches(out, reference)  # right ids, right vectors
+    r = report(out)
+    assert r["inputs"]["reused"] is False  # rebuilt from the inputs
+    assert r["units"]["reused_files"] == len(before)  # same content: the job resumes
+
+
+def test_touch_and_relative_model_path_resume_reusing_every_unit(
+    runner, tmp_path, proteins, tiny_esm_hf, reference
+):
+    inputs = tmp_path / "in.fa"
+    shutil.copy(proteins, inputs)
+    out = tmp_path / "out"
+    before = interrupted_run(runner, embed_args(inputs, out, tiny_esm_hf.resolve()), out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "work" / "units").glob("*.h5")}
+    st = inputs.stat()
+    os.utime(inputs, ns=(st.st_atime_ns, st.st_mtime_ns + 7_000_000_000))  # touch
+    relative = Path(os.path.relpath(tiny_esm_hf.resolve(), Path.cwd()))
+    assert not relative.is_absolute()
+
+    code, stderr = runner.run(*embed_args(inputs, out, relative))
+    assert code == 0, stderr
+    assert_matches(out, reference)
+    r = report(out)
+    assert r["inputs"]["reused"] is True  # the index too: same content
+    assert r["units"]["reused_files"] == len(before) and r["units"]["retries"] == 0
+    assert set(r["units"]["computed_keys"]).isdisjoint(before)
+    assert sum(w["sequences"] for w in r["workers"]) == len(ALL_IDS) - sum(before.values())
+    assert mtimes  # the committed unit files were read, never rewritten, before the merge
+    assert json.loads((out / "work" / "job.json").read_text())["runs"] == 2
