@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from test_resilience import (
     assert_matches,
     committed,
     kill_group,
+    log_has,
     n_committed,
     report,
     wait_until,
@@ -255,3 +258,24 @@ def test_touch_and_relative_model_path_resume_reusing_every_unit(
     assert sum(w["sequences"] for w in r["workers"]) == len(ALL_IDS) - sum(before.values())
     assert mtimes  # the committed unit files were read, never rewritten, before the merge
     assert json.loads((out / "work" / "job.json").read_text())["runs"] == 2
+
+
+# -- item 10: a worker that stops while starting is timed out ----------------------------------
+def test_worker_stopped_during_model_load_is_timed_out(
+    runner, tmp_path, proteins, tiny_esm_hf, reference
+):
+    out = tmp_path / "out"
+    hooks = {"VIRNUCPRO_TEST_LOAD_DELAY": "2", "VIRNUCPRO_STARTUP_TIMEOUT": "20"}
+    proc = runner.start(*embed_args(proteins, out, tiny_esm_hf), hooks=hooks)
+    worker_log = out / "logs" / "worker_0.log"
+    wait_until(log_has(worker_log, "VIRNUCPRO_TEST_LOAD_DELAY: loading the model"), "load", proc)
+    pid = int(re.search(r"loading the model \(pid (\d+)\)", worker_log.read_text()).group(1))
+    os.kill(pid, signal.SIGSTOP)  # a real stop, in the middle of the model load
+
+    code, stderr = runner.finish(proc)
+    assert code == 0, stderr
+    assert_matches(out, reference)
+    r = report(out)
+    [death] = r["workers"][0]["deaths"]
+    assert "killed by SIGKILL: no heartbeat for 20 s while starting (import or model load)" in death
+    assert r["respawns"] == 1 and r["units"]["retries"] == 0
