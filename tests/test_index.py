@@ -120,13 +120,26 @@ def test_cache_reused_when_nothing_changed(inputs: list[Path], tmp_path: Path) -
     assert again.sequences([4, 0]) == ["A", "ACGTAC"]
 
 
-def test_rebuilt_after_touch(inputs: list[Path], tmp_path: Path) -> None:
+def test_touched_but_unchanged_input_reuses_the_cache(inputs: list[Path], tmp_path: Path) -> None:
+    # issue 11 item 5: identity by content; the mtime only decides whether to hash the file
     first = build_or_load(inputs, tmp_path / "cache")
+    _bump_mtime(inputs[0])
+    again = build_or_load(inputs, tmp_path / "cache")
+    assert again.reused
+    assert again.fingerprint() == first.fingerprint()
+    assert again.files[0].mtime_ns == inputs[0].stat().st_mtime_ns  # recorded: no hash next time
+    assert build_or_load(inputs, tmp_path / "cache").reused
+
+
+def test_same_size_content_change_after_touch_rebuilds(inputs: list[Path], tmp_path: Path) -> None:
+    first = build_or_load(inputs, tmp_path / "cache")
+    text = inputs[0].read_text()
+    inputs[0].write_text(text.replace("GGGG", "GGGA"))  # same size, other content
     _bump_mtime(inputs[0])
     again = build_or_load(inputs, tmp_path / "cache")
     assert not again.reused
     assert again.fingerprint() != first.fingerprint()
-    assert build_or_load(inputs, tmp_path / "cache").reused
+    assert again.sequence(1) == "GGGA"
 
 
 def test_rebuilt_after_content_change(inputs: list[Path], tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ VIRNUCPRO_TEST_CRASH_ID=ID   the worker about to embed sequence ID kills itself 
 VIRNUCPRO_TEST_HANG_ID=ID    the worker about to embed sequence ID sleeps forever
 VIRNUCPRO_TEST_OOM_ID=ID     any batch holding sequence ID raises torch.OutOfMemoryError
 VIRNUCPRO_TEST_DELAY=SPEC    sleep before each batch: "0.5" for every rank, or "1=0.5,2=0.1"
+VIRNUCPRO_TEST_LOAD_DELAY=S  sleep S seconds while loading the model (announced in the worker
+                             log, so a test can stop the worker there, e.g. with SIGSTOP)
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def _delay(rank: int) -> float:
         if r.strip() == str(rank):
             return float(seconds)
     return 0.0
+
+
+def during_load(rank: int, log: logging.Logger) -> None:
+    """Called by a worker just before it loads the model."""
+    seconds = float(os.environ.get("VIRNUCPRO_TEST_LOAD_DELAY", "0") or 0)
+    if seconds > 0:
+        log.warning("VIRNUCPRO_TEST_LOAD_DELAY: loading the model (pid %d)", os.getpid())
+        time.sleep(seconds)
 
 
 class TestHooks:

@@ -8,6 +8,7 @@ the I-th stride shard and stops before the merge; ``merge_job`` merges the shard
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -17,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.engine.inputkind import check_input_kind
-from virnucpro.engine.jobstate import JobState, describe_job
+from virnucpro.engine.jobstate import JobState, describe_job, job_tag
 from virnucpro.engine.local import Interrupted, LocalBackend
 from virnucpro.engine.merge import committed_positions, merge_units
 from virnucpro.engine.progress import Progress
+from virnucpro.engine.quarantine import check_units
 from virnucpro.engine.report import attributes, build_report
 from virnucpro.engine.rundir import RunDir
 from virnucpro.engine.scheduler import Scheduler
@@ -76,6 +78,7 @@ class RunOutcome:
     missing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     missing_reasons: list[str] = field(default_factory=list)
     input_check: dict = field(default_factory=dict)  # engine/inputkind.py
+    quarantined: list[dict] = field(default_factory=list)  # unit files moved to work/quarantine
 
 
 def _tsv(path: Path, header: str, rows: list[tuple]) -> None:
@@ -168,8 +171,9 @@ def merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> Jo
     with _RunLog(rd):
         description = describe_job(index, spec)
         state.check(description, restart=False)
-        done, failed = committed_positions(_unit_files(rd), len(index))
         outcome = RunOutcome(input_check=input_check)
+        outcome.quarantined = _quarantine(rd, index, job_tag(description))
+        done, failed = committed_positions(_unit_files(rd), len(index))
         records = state.shard_records()
         for record in records:
             outcome.missing = np.concatenate(
@@ -231,14 +235,22 @@ def _plan(index, spec, options: EngineOptions, done_or_failed: np.ndarray, run_n
     computed = np.zeros(len(index), dtype=bool)
     computed[done_or_failed] = True
     todo = []
-    for unit in units:
-        key = prefix + unit.key[1:]
+    for number, unit in enumerate(units):
         left = unit.positions[~computed[unit.positions]]
         if left.size == len(unit):
-            todo.append(Unit(key, unit.positions, unit.tokens))
-        elif left.size:  # partly committed before: a fresh key, never an existing file's
-            todo.append(Unit(f"{key}r{run_number}", left, unit.tokens * left.size // len(unit)))
+            todo.append(Unit(unit_key(prefix, number, left), left, unit.tokens))
+        elif left.size:  # partly committed before (another plan, or a split unit)
+            todo.append(
+                Unit(unit_key(prefix, number, left), left, unit.tokens * left.size // len(unit))
+            )
     return units, todo, unit_tokens
+
+
+def unit_key(prefix: str, number: int, positions: np.ndarray) -> str:
+    """A unit's key names its positions (a digest), so a unit of another plan (another
+    --tokens-per-batch or --unit-tokens) never takes the file name of a committed unit."""
+    digest = hashlib.sha256(np.asarray(positions, dtype="<i8").tobytes()).hexdigest()[:12]
+    return f"{prefix}{number:06d}-{digest}"
 
 
 def make_backend(options: EngineOptions, make_config):
@@ -262,13 +274,21 @@ def make_backend(options: EngineOptions, make_config):
     )
 
 
+def _quarantine(rd: RunDir, index, tag: str) -> list[dict]:
+    """Move damaged or foreign unit files to work/quarantine/ (their sequences are redone)."""
+    return [q.record() for q in check_units(rd.units, rd.work / "quarantine", index, tag)]
+
+
 def _compute(index, rd, spec, options, desc, run_number, started, timings) -> RunOutcome:
+    tag = job_tag(describe_job(index, spec))
+    quarantined = _quarantine(rd, index, tag)
     unit_files = _unit_files(rd)
     done, failed = committed_positions(unit_files, len(index))
     units, todo, unit_tokens = _plan(
         index, spec, options, np.concatenate([done, failed]), run_number
     )
     outcome = RunOutcome(planned=len(units), todo=len(todo), reused=len(unit_files))
+    outcome.quarantined = quarantined
     log.info(
         "%d sequences, %d units (%d tokens each), %d unit files reused, %d to compute on %s",
         len(index),
@@ -293,6 +313,7 @@ def _compute(index, rd, spec, options, desc, run_number, started, timings) -> Ru
             units_dir=str(rd.units),
             log_path=str(rd.worker_log(rank)),
             tokens_per_batch=options.tokens_per_batch,
+            job=tag,
         )
 
     backend = make_backend(options, make_config)
@@ -301,7 +322,7 @@ def _compute(index, rd, spec, options, desc, run_number, started, timings) -> Ru
         outcome.workers = backend.run(scheduler, progress)
     except Interrupted as exc:
         outcome.workers = backend.workers
-        _persist_failures(rd, scheduler)
+        _persist_failures(rd, scheduler, tag)
         report = build_report(index, spec, options, outcome, started, timings, status="interrupted")
         atomic_write_json(rd.report, report)
         exc.work_dir = rd.work
@@ -309,7 +330,7 @@ def _compute(index, rd, spec, options, desc, run_number, started, timings) -> Ru
     finally:
         progress.close()
     outcome.outputs = backend.outputs
-    _persist_failures(rd, scheduler)
+    _persist_failures(rd, scheduler, tag)
     outcome.missing, outcome.missing_reasons = scheduler.lost_positions("missing")
     return outcome
 
@@ -318,7 +339,7 @@ def _unit_files(rd: RunDir) -> list[Path]:
     return sorted(p for p in rd.units.glob("*.h5") if not p.name.startswith("."))
 
 
-def _persist_failures(rd: RunDir, scheduler: Scheduler) -> None:
+def _persist_failures(rd: RunDir, scheduler: Scheduler, tag: str) -> None:
     """Isolated poison sequences are committed as failure records, so resume skips them."""
     for lost in scheduler.lost:
         if lost.kind != "failed":
@@ -338,6 +359,7 @@ def _persist_failures(rd: RunDir, scheduler: Scheduler) -> None:
                 failed_positions=lost.unit.positions.astype(np.int64),
                 failed_reasons=[lost.reason] * len(lost.unit),
             ),
+            job=tag,
         )
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -28,12 +29,31 @@ def describe_job(index, spec: EmbedderSpec) -> dict:
     }
 
 
+def model_identity(model: dict) -> dict:
+    """The model fields that decide the numbers. When the weights' checksum is known the name
+    is left out: the same weights given by a relative or an absolute path are the same model."""
+    fields = dict(model)
+    if fields.get("checksum"):
+        fields.pop("name", None)
+    return fields
+
+
+def job_tag(description: dict) -> str:
+    """A short tag of the job's identity (input content and model), stored in its unit files."""
+    identity = {
+        "inputs": description["input_fingerprint"],
+        "model": model_identity(description["model"]),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def differences(old: dict, new: dict) -> list[str]:
     changes = []
     if old.get("input_fingerprint") != new["input_fingerprint"]:
         changes.append("the input files changed")
-    if old.get("model") != new["model"]:
-        keys = [k for k in new["model"] if old.get("model", {}).get(k) != new["model"][k]]
+    before, after = model_identity(old.get("model", {})), model_identity(new["model"])
+    if before != after:
+        keys = [k for k in new["model"] if before.get(k) != after.get(k)]
         changes.append(f"the model changed ({', '.join(keys)})")
     return changes
 

@@ -23,6 +23,22 @@ from virnucpro.engine.worker import WorkerConfig, worker_main
 log = logging.getLogger("virnucpro.engine")
 
 ISOLATION_ALLOWANCE = 20  # extra consecutive deaths a rank may see while a poison unit is split
+MIN_STARTUP_SECONDS = 120.0  # a worker's start-up (imports, model load) gets at least this long
+
+
+def startup_budget(worker_timeout: float | None) -> float | None:
+    """Seconds a starting worker may stay silent (spawn and imports, then the model load).
+
+    ``VIRNUCPRO_STARTUP_TIMEOUT`` sets it; otherwise it is ``--worker-timeout`` but at least
+    MIN_STARTUP_SECONDS, and never (None) when the worker timeout is off.
+    """
+    value = os.environ.get("VIRNUCPRO_STARTUP_TIMEOUT", "")
+    if value:
+        seconds = float(value)
+        return seconds if seconds > 0 else None
+    if not worker_timeout:
+        return None
+    return max(float(worker_timeout), MIN_STARTUP_SECONDS)
 
 
 class Interrupted(Exception):
@@ -145,6 +161,7 @@ class LocalBackend:
         self.make_config = make_config
         self.max_retries = max_retries
         self.worker_timeout = worker_timeout
+        self.startup_timeout = startup_budget(worker_timeout)
         self.ctx = mp.get_context("spawn")
         self.workers = [WorkerState(rank, device) for rank, device in enumerate(devices)]
         self.stop_signal: int | None = None
@@ -189,7 +206,9 @@ class LocalBackend:
     def _handle(self, worker: WorkerState, message: tuple, scheduler: Scheduler, progress) -> None:
         kind = message[0]
         worker.last_seen = time.monotonic()
-        if kind == "ready":
+        if kind == "loading":  # started (imports done), about to load the model: a heartbeat
+            pass
+        elif kind == "ready":
             worker.info = message[1]
             worker.status = "idle"
             self.outputs = {"dim": worker.info["dim"], "outputs": worker.info["outputs"]}
@@ -300,17 +319,21 @@ class LocalBackend:
             self._kill_hung()
 
     def _kill_hung(self) -> None:
-        if not self.worker_timeout:
-            return
+        """Kill workers silent for too long: ``worker_timeout`` while computing, the start-up
+        budget while starting (spawn and imports until the first message, then the load)."""
         now = time.monotonic()
         for worker in self.workers:
-            if worker.status == "busy" and now - worker.last_seen > self.worker_timeout:
+            if worker.status == "busy":
+                limit, phase = self.worker_timeout, ""
+            elif worker.status == "starting":
+                limit, phase = self.startup_timeout, " while starting (import or model load)"
+            else:
+                continue
+            if limit and now - worker.last_seen > limit:
                 log.warning(
-                    "worker %d sent no heartbeat for %g s; killing it",
-                    worker.rank,
-                    self.worker_timeout,
+                    "worker %d sent no heartbeat for %g s%s; killing it", worker.rank, limit, phase
                 )
-                worker.last_error = f"no heartbeat for {self.worker_timeout:g} s (hung)"
+                worker.last_error = f"no heartbeat for {limit:g} s{phase} (hung)"
                 os.kill(worker.process.pid, signal.SIGKILL)
                 worker.last_seen = now
 

@@ -86,6 +86,7 @@ def build_report(
             "failed_keys": sorted(x.unit.key for x in scheduler.lost if x.kind == "failed")
             if scheduler
             else [],
+            "quarantined": getattr(outcome, "quarantined", []),
         },
         "workers": [w.report() for w in workers],
         "failed_ranks": [w.rank for w in workers if w.status == "failed"],

@@ -1,7 +1,8 @@
 """Committed unit files: ids, index positions and vectors of one unit, stored together.
 
 A unit file is written to a temporary name, fsynced and renamed, so it either exists whole
-or not at all. A sha256 over its arrays is stored and checked when the merge reads it.
+or not at all. A sha256 over EVERY dataset it holds (and its key and job tag) is stored;
+``verify_unit`` recomputes it block by block when a run starts, and the merge checks it again.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import h5py
 import numpy as np
 
 from virnucpro.errors import ValidationError
+from virnucpro.io.diskerrors import disk_error, is_disk_error
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers every dataset, the key and the job tag
+HASH_BLOCK_ROWS = 1 << 14
 
 
 @dataclass
@@ -38,15 +41,66 @@ class UnitResult:
         return int(self.positions.size)
 
 
-def _digest(result: UnitResult) -> str:
-    h = hashlib.sha256()
-    h.update(result.positions.astype("<i8").tobytes())
-    h.update("\n".join(result.ids).encode())
-    h.update(result.failed_positions.astype("<i8").tobytes())
+class _Digest:
+    """sha256 over named arrays, fed whole or block by block (the same bytes either way)."""
+
+    def __init__(self, key: str, job: str) -> None:
+        self.h = hashlib.sha256(f"virnucpro-unit-v{FORMAT_VERSION}\0{key}\0{job}\0".encode())
+
+    def array(self, name: str, data, dtype: str) -> None:
+        """``data``: a numpy array or an h5py dataset (read in blocks of rows)."""
+        shape = tuple(int(d) for d in data.shape)
+        self.h.update(f"{name}\0{dtype}\0{shape}\0".encode())
+        rows = shape[0] if shape else 0
+        for start in range(0, rows, HASH_BLOCK_ROWS):
+            block = np.asarray(data[start : start + HASH_BLOCK_ROWS])
+            self.h.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
+
+    def strings(self, name: str, values) -> None:
+        items = [_text(v) for v in values]
+        self.h.update(f"{name}\0{len(items)}\0".encode())
+        self.h.update("\n".join(items).encode())
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+def _digest(result: UnitResult, job: str) -> str:
+    d = _Digest(result.key, job)
+    d.array("positions", result.positions, "<i8")
+    d.strings("ids", result.ids)
+    d.array("lengths", result.lengths, "<i8")
+    d.array("truncated", np.asarray(result.truncated, bool), "u1")
+    d.array("failed_positions", result.failed_positions, "<i8")
+    d.strings("failed_reasons", result.failed_reasons)
     for name in sorted(result.vectors):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(result.vectors[name], dtype="<f4").tobytes())
-    return h.hexdigest()
+        d.array(f"vectors/{name}", result.vectors[name], "<f4")
+    if result.per_token is not None:
+        sizes = np.array([t.shape[0] for t in result.per_token], dtype=np.int64)
+        d.array("per_token_sizes", sizes, "<i8")
+        dim = result.per_token[0].shape[1] if result.per_token else 0
+        total = int(sizes.sum())
+        d.h.update(f"per_token\0<f4\0{(total, dim)}\0".encode())
+        for block in result.per_token:
+            d.h.update(np.ascontiguousarray(block, dtype="<f4").tobytes())
+    return d.hexdigest()
+
+
+def _file_digest(f: h5py.File) -> str:
+    """The checksum of an open unit file, recomputed from its datasets block by block."""
+    d = _Digest(_text(f.attrs["unit"]), _text(f.attrs.get("job", "")))
+    d.array("positions", f["positions"], "<i8")
+    d.strings("ids", f["ids"][()])
+    d.array("lengths", f["lengths"], "<i8")
+    d.array("truncated", f["truncated"], "u1")
+    d.array("failed_positions", f["failed_positions"], "<i8")
+    d.strings("failed_reasons", f["failed_reasons"][()])
+    for name in sorted(f["vectors"]):
+        d.array(f"vectors/{name}", f["vectors"][name], "<f4")
+    if "per_token" in f:
+        d.array("per_token_sizes", f["per_token_sizes"], "<i8")
+        d.array("per_token", f["per_token"], "<f4")
+    return d.hexdigest()
 
 
 def _strings(values: list[str]) -> np.ndarray:
@@ -61,18 +115,46 @@ def unit_path(units_dir: Path, key: str) -> Path:
     return units_dir / f"{key}.h5"
 
 
-def write_unit(units_dir: Path, result: UnitResult) -> Path:
-    """Commit a unit atomically (temporary file, fsync, rename, directory fsync)."""
+def write_unit(units_dir: Path, result: UnitResult, *, job: str = "") -> Path:
+    """Commit a unit atomically (temporary file, fsync, rename, directory fsync).
+
+    ``job`` tags the unit with the job that computed it (a foreign unit is refused on resume).
+    A full or read-only disk raises DiskError naming the folder; nothing is left behind.
+    """
     n = len(result)
     if len(result.ids) != n or any(v.shape[0] != n for v in result.vectors.values()):
         raise ValueError(f"unit {result.key}: ids, positions and vectors are not aligned")
     final = unit_path(units_dir, result.key)
     tmp = units_dir / f".{result.key}.h5.tmp-{socket.gethostname()}-{os.getpid()}"  # shared storage
+    try:
+        _write(tmp, result, job)
+        os.replace(tmp, final)
+        fd = os.open(units_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_disk_error(exc):
+            raise disk_error(exc, units_dir, needed=_nbytes(result)) from None
+        raise
+    return final
+
+
+def _nbytes(result: UnitResult) -> int:
+    size = sum(v.nbytes for v in result.vectors.values()) + 24 * len(result) + 4096
+    return size + sum(t.nbytes for t in result.per_token or [])
+
+
+def _write(tmp: Path, result: UnitResult, job: str) -> None:
+    n = len(result)
     with h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["unit"] = result.key
+        f.attrs["job"] = job
         f.attrs["count"] = n
-        f.attrs["sha256"] = _digest(result)
+        f.attrs["sha256"] = _digest(result, job)
         f.create_dataset("positions", data=result.positions.astype(np.int64))
         f.create_dataset("ids", data=_strings(result.ids), dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("lengths", data=result.lengths.astype(np.int64))
@@ -97,13 +179,6 @@ def write_unit(units_dir: Path, result: UnitResult) -> Path:
         f.flush()
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    fd = os.open(units_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return final
 
 
 def read_unit(path: Path, *, verify: bool = True) -> UnitResult:
@@ -129,9 +204,10 @@ def read_unit(path: Path, *, verify: bool = True) -> UnitResult:
                 failed_reasons=[_text(s) for s in f["failed_reasons"][()]],
             )
             stored = str(f.attrs["sha256"])
+            job = _text(f.attrs.get("job", ""))
     except (OSError, KeyError) as exc:
         raise ValidationError(f"unit file {path} is unreadable or incomplete: {exc}") from exc
-    if verify and _digest(result) != stored:
+    if verify and _digest(result, job) != stored:
         raise ValidationError(f"unit file {path} does not match its checksum")
     return result
 
@@ -143,3 +219,37 @@ def read_unit_positions(path: Path) -> tuple[np.ndarray, np.ndarray]:
             return f["positions"][()], f["failed_positions"][()]
     except (OSError, KeyError) as exc:
         raise ValidationError(f"unit file {path} is unreadable or incomplete: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class UnitCheck:
+    """What ``verify_unit`` found in a committed unit file (read block by block)."""
+
+    key: str
+    job: str
+    positions: np.ndarray
+    failed_positions: np.ndarray
+    ids: list[str]
+
+
+def verify_unit(path: Path) -> UnitCheck:
+    """Recompute a unit file's checksum over every dataset; ValidationError when it is
+    unreadable, truncated, of another format or does not match."""
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("format_version", 0))
+            if version != FORMAT_VERSION:
+                raise ValidationError(f"format version {version}, expected {FORMAT_VERSION}")
+            if _file_digest(f) != _text(f.attrs["sha256"]):
+                raise ValidationError("its contents do not match its checksum")
+            return UnitCheck(
+                key=_text(f.attrs["unit"]),
+                job=_text(f.attrs.get("job", "")),
+                positions=f["positions"][()].astype(np.int64),
+                failed_positions=f["failed_positions"][()].astype(np.int64),
+                ids=[_text(s) for s in f["ids"][()]],
+            )
+    except ValidationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any damage the HDF5 library reports
+        raise ValidationError(f"unreadable or incomplete ({type(exc).__name__}: {exc})") from None

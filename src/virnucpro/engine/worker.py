@@ -1,8 +1,9 @@
 """The worker process: load the model once, then turn units into committed unit files.
 
 Protocol over a duplex pipe. Parent -> worker: ``("unit", key, positions)`` or ``("stop",)``.
-Worker -> parent: ``("ready", info)``, ``("batch", key, n_seqs, n_tokens, n_slots)``,
-``("done", key, count, stats)``, ``("stopped",)``, ``("error", key_or_None, message)``.
+Worker -> parent: ``("loading", pid)`` (imports done), ``("ready", info)``,
+``("batch", key, n_seqs, n_tokens, n_slots)``, ``("done", key, count, stats)``, ``("stopped",)``,
+``("error", key_or_None, message)``.
 Every message doubles as a heartbeat.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from virnucpro.engine.batching import computed_slots, token_budget_batches
-from virnucpro.engine.hooks import OutOfMemoryError, TestHooks
+from virnucpro.engine.hooks import OutOfMemoryError, TestHooks, during_load
 from virnucpro.engine.unitfile import UnitResult, write_unit
 from virnucpro.errors import ValidationError, VirnucproError
 from virnucpro.models.base import Embedder, EmbedderSpec, load_embedder
@@ -41,6 +42,7 @@ class WorkerConfig:
     units_dir: str
     log_path: str
     tokens_per_batch: int
+    job: str = ""  # the job tag written into every unit file (jobstate.job_tag)
 
 
 class StopRequested(Exception):
@@ -85,7 +87,7 @@ class UnitRunner:
     def commit(self, key: str, positions: np.ndarray) -> int:
         """Compute a unit and commit its file; returns the number of rows committed."""
         result = self.run(key, positions)
-        write_unit(Path(self.config.units_dir), result)
+        write_unit(Path(self.config.units_dir), result, job=self.config.job)
         self.log.info("unit %s committed: %s", key, self.stats)
         return len(result)
 
@@ -205,6 +207,8 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
     log.info("worker %d started (pid %d) on %s", config.rank, os.getpid(), config.device)
     key = None
     try:
+        conn.send(("loading", os.getpid()))  # a heartbeat: imports are done, the load starts
+        during_load(config.rank, log)
         embedder = load_embedder(config.spec, prepare_device(config))
         stop_seen = []
 

@@ -11,7 +11,13 @@ Store layout (position ``p`` = ``0..n-1`` over records with a non-empty sequence
 - ``ids.bin``: ids, each followed by ``\\n``; ``id_offsets.npy`` (int64, n+1) likewise.
 - ``lengths.npy`` (int64), ``file_index.npy`` (int32), ``lines.npy`` (int64),
   ``order.npy`` (int64: positions by length, longest first, ties in input order).
-- ``meta.json``: version, file fingerprints, skipped records, digests (written last).
+- ``meta.json``: version, file fingerprints (path, size, mtime and the sha256 of each input
+  file), skipped records, digests (written last), and ``store_sha256``: the sha256 of every
+  other file of the store, checked before the cache is reused (a damaged cache is rebuilt).
+
+An input whose size and mtime are unchanged is taken as unchanged; one whose mtime (or path)
+changed but whose size did not is hashed and the cache reused when its content is the same.
+The job fingerprint depends on the content only, never on timestamps or paths.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import mmap
 import os
 import re
@@ -26,20 +33,24 @@ import shutil
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
 from virnucpro.errors import InputError
-from virnucpro.io.atomic import atomic_dir
+from virnucpro.io.atomic import atomic_dir, atomic_write_text
+from virnucpro.io.digests import FileHasher, damaged_store_files, sha256_file, store_digests
 from virnucpro.io.fasta import read_raw
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: content digests of the inputs and of the store files
 INDEX_DIRNAME = "sequence_index"
 _ARRAYS = ("seq_offsets", "id_offsets", "lengths", "file_index", "lines", "order")
 _BUFFER = 1 << 22
+_STORE_FILES = ("sequences.bin", "ids.bin", *(f"{name}.npy" for name in _ARRAYS))
+
+log = logging.getLogger("virnucpro.index")
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class FileFingerprint:
     path: str  # absolute
     size: int
     mtime_ns: int
+    sha256: str = field(default="", compare=False)  # of the file's bytes, when the index read it
 
     @classmethod
     def of(cls, path: str | Path) -> FileFingerprint:
@@ -175,7 +187,8 @@ class SequenceIndex:
         return np.asarray(self.order[rank::world_size])
 
     def fingerprint(self) -> str:
-        """sha256 over the input files (path, size, mtime) and the content read from them."""
+        """sha256 over the inputs' content: each file's bytes and the records read from them
+        (never paths or timestamps: a touched or moved but unchanged input is the same job)."""
         return str(self._meta["fingerprint"])
 
     def location(self, p: int) -> str:
@@ -253,12 +266,54 @@ def _load_matching(cache_dir: Path, current: list[FileFingerprint]) -> SequenceI
         return None
     try:
         index = SequenceIndex(root, reused=True)
-    except InputError:
+    except InputError as exc:
+        log.warning("%s; rebuilding it", exc)
         return None
-    if index.files != current:
+    damaged = damaged_store_files(root, index._meta.get("store_sha256") or {})
+    if damaged or not index._meta.get("store_sha256"):
+        index.close()
+        log.warning(
+            "index cache %s is damaged (%s changed since it was built); rebuilding it",
+            root,
+            ", ".join(damaged) or "no digests",
+        )
+        return None
+    matched = _match_inputs(index.files, current)
+    if matched is None:
         index.close()
         return None
+    if matched != [(f.path, f.size, f.mtime_ns) for f in index.files]:
+        meta = dict(index._meta)
+        meta["files"] = [
+            asdict(replace(f, path=p, size=size, mtime_ns=mtime))
+            for f, (p, size, mtime) in zip(index.files, matched, strict=True)
+        ]
+        index.close()
+        atomic_write_text(root / "meta.json", json.dumps(meta, indent=2) + "\n")
+        index = SequenceIndex(root, reused=True)
     return index
+
+
+def _match_inputs(
+    recorded: list[FileFingerprint], current: list[FileFingerprint]
+) -> list[tuple[str, int, int]] | None:
+    """(path, size, mtime) of each current input when every one has the recorded content,
+    else None. Only an input whose size is the same but whose mtime or path differs is read
+    (its sha256 compared with the recorded one)."""
+    if len(recorded) != len(current):
+        return None
+    matched = []
+    for old, new in zip(recorded, current, strict=True):
+        if old.size != new.size:
+            return None
+        if (old.path, old.mtime_ns) != (new.path, new.mtime_ns):
+            try:
+                if not old.sha256 or sha256_file(new.path) != old.sha256:
+                    return None
+            except OSError:
+                return None
+        matched.append((new.path, new.size, new.mtime_ns))
+    return matched
 
 
 _STALE = re.compile(rf"^\.{INDEX_DIRNAME}\.(tmp|old)-(\d+)$")
@@ -305,7 +360,9 @@ def _build(files: Sequence[str | Path], current: list[FileFingerprint], out: Pat
             hashes.append,
             refs.append,
         )
+        digests: list[str] = []
         for fi, (path, fp) in enumerate(zip(files, current, strict=True)):
+            hasher = FileHasher(fp.path)  # reads the file alongside the parser
             for rec_id, _header, seq, line in read_raw(path):
                 hash_add(hash(rec_id))
                 if not seq:
@@ -323,6 +380,10 @@ def _build(files: Sequence[str | Path], current: list[FileFingerprint], out: Pat
                 id_off_add(id_end)
                 line_add(line)
                 file_add(fi)
+            try:
+                digests.append(hasher.result())
+            except OSError as exc:
+                raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     n = len(file_index)
     if n == 0:
         raise InputError(
@@ -351,7 +412,7 @@ def _build(files: Sequence[str | Path], current: list[FileFingerprint], out: Pat
     arrays["order"] = np.argsort(-arrays["lengths"], kind="stable").astype(np.int64)
     for name, values in arrays.items():
         np.save(out / f"{name}.npy", values)
-    files_meta = [asdict(f) for f in current]
+    files_meta = [asdict(replace(f, sha256=d)) for f, d in zip(current, digests, strict=True)]
     digest = _content_digest(out, arrays["seq_offsets"], skipped)
     meta = {
         "version": INDEX_VERSION,
@@ -361,8 +422,9 @@ def _build(files: Sequence[str | Path], current: list[FileFingerprint], out: Pat
         "skipped": [asdict(s) for s in skipped],
         "content_sha256": digest,
         "fingerprint": hashlib.sha256(
-            json.dumps({"files": files_meta, "content": digest}, sort_keys=True).encode()
+            json.dumps({"files": digests, "content": digest}, sort_keys=True).encode()
         ).hexdigest(),
+        "store_sha256": store_digests(out, list(_STORE_FILES)),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
