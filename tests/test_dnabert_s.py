@@ -371,10 +371,12 @@ def test_hub_id_offline_names_the_file_and_the_flag(
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("VIRNUCPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(ModelError) as err:
         resolve_dnabert("zhihan1996/DNABERT-S", flag="--dnabert-model")
     msg = str(err.value)
-    assert "zhihan1996/DNABERT-S" in msg and "--dnabert-model" in msg and "\n" not in msg
+    assert "zhihan1996/DNABERT-S" in msg and "--dnabert-model" in msg
+    assert "virnucpro download --models DNABERT-S" in msg and len(msg.splitlines()) <= 4
     assert "config.json" in msg  # the first pinned file that is missing
 
 

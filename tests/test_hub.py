@@ -22,6 +22,7 @@ from virnucpro.errors import InputError, ModelError
 from virnucpro.models import hub
 from virnucpro.models.base import load_embedder
 from virnucpro.models.esm2 import encode_protein
+from virnucpro.models.missing import ModelsUnavailable
 from virnucpro.models.registry import (
     CLASSIFIERS,
     DNABERT_S,
@@ -41,7 +42,10 @@ def offline(tmp_path, monkeypatch) -> Path:
     """Empty cache, HF_HUB_OFFLINE=1 and no sockets: nothing here may touch the network."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("VIRNUCPRO_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache / "hub"))  # the standard HF cache, here
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("VIRNUCPRO_MODELS", "VIRNUCPRO_PINS"):
+        monkeypatch.delenv(name, raising=False)
 
     def refuse(*args, **kwargs):
         raise AssertionError("a test tried to open a network connection")
@@ -119,13 +123,16 @@ def test_offline_missing_model_names_repo_revision_file_and_flag(flag):
     with pytest.raises(ModelError) as excinfo:
         hub.resolve_esm2("esm2_t36_3B_UR50D", flag=flag)
     message = str(excinfo.value)
-    assert "\n" not in message
+    assert isinstance(excinfo.value, ModelsUnavailable) and len(message.splitlines()) == 4
     for part in (
         "facebook/esm2_t36_3B_UR50D",
         ESM2_HUB["esm2_t36_3B_UR50D"].revision,
         "config.json",
         "HF_HUB_OFFLINE",
-        f"pass {flag} DIR",
+        "virnucpro download --models esm2_t36_3B_UR50D --dest DIR",
+        "--models-dir DIR",
+        "VIRNUCPRO_MODELS=DIR",
+        f"local copy with {flag}",
     ):
         assert part in message
 
@@ -133,7 +140,7 @@ def test_offline_missing_model_names_repo_revision_file_and_flag(flag):
 def test_offline_missing_weights_are_named_after_the_config(offline, tiny):
     folder = _snapshot(offline, "org/tiny-esm", main=True)
     shutil.copy(tiny / "config.json", folder)
-    with pytest.raises(ModelError, match="model file model.safetensors or .* of org/tiny-esm"):
+    with pytest.raises(ModelError, match="org/tiny-esm at revision main, file model.safetensors"):
         hub.resolve_esm2("org/tiny-esm", flag="--esm-model")
 
 
@@ -142,7 +149,8 @@ def test_offline_missing_url_names_url_and_flag():
     with pytest.raises(ModelError) as excinfo:
         resolve_classifier(None, 500, flag="--classifier")
     message = str(excinfo.value)
-    assert url in message and "--classifier" in message and "\n" not in message
+    assert url in message and "--classifier" in message
+    assert "virnucpro download --models classifier-500" in message
     with pytest.raises(ModelError, match="no original classifier for chunk size 400"):
         resolve_classifier(None, 400)
 
@@ -177,7 +185,7 @@ def test_shards_named_by_an_index_are_fetched_and_verified(offline):
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     (folder / "model-00001-of-00002.safetensors").write_bytes(b"one")
     files = {"model.safetensors.index.json": None}
-    with pytest.raises(ModelError, match="model file model-00002.bin of org/sharded"):
+    with pytest.raises(ModelError, match="org/sharded at revision .*, file model-00002.bin"):
         hub.fetch_hub("org/sharded", COMMIT, files, flag="--m")
     (folder / "model-00002.bin").write_bytes(b"two")
     _, hashes = hub.fetch_hub("org/sharded", COMMIT, files, flag="--m")
@@ -192,13 +200,16 @@ def test_url_cache_pinned_first_use_and_lfs_pointer(offline):
     path.write_bytes(b"weights")
     digest = hashlib.sha256(b"weights").hexdigest()
     assert hub.fetch_url(url, digest, flag="--c") == path
-    with pytest.raises(ModelError, match="differs from the pinned"):
+    with pytest.raises(ModelError, match="differs from the pinned.*removed it"):
         hub.fetch_url(url, "f" * 64, flag="--c")
+    assert not path.exists()  # a file that fails verification is removed
+    path.write_bytes(b"weights")
     assert hub.fetch_url(url, None, flag="--c") == path
     assert path.with_name("500_model.pth.sha256").read_text().split()[0] == digest
     path.write_bytes(b"tampered")
     with pytest.raises(ModelError, match="recorded at its first download"):
         hub.fetch_url(url, None, flag="--c")
+    assert not path.exists()
     path.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n")
     with pytest.raises(ModelError, match="Git LFS pointer"):
         hub.fetch_url(url, None, flag="--c")

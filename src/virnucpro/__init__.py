@@ -4,6 +4,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "download_models",
+    "model_status",
     "read_embeddings",
     "run_esm2_multi_gpu",
     "run_multi_gpu_inference",
@@ -16,6 +18,10 @@ def __getattr__(name: str):
         from virnucpro import api
 
         return getattr(api, name)
+    if name in ("download_models", "model_status"):
+        from virnucpro.models import download
+
+        return getattr(download, name)
     if name == "read_embeddings":
         from virnucpro.reader import read_embeddings
 

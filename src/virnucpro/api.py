@@ -19,17 +19,33 @@ def resolve_model(
     layers: Sequence[int] = (-1,),
     per_token: bool = False,
     precision: str = "auto",
-    flag: str = "--model",
+    flag: str | None = None,
+    models_dir: str | Path | None = None,
 ) -> EmbedderSpec:
-    """Resolve and verify a model once, in the parent (ESM-2 or DNABERT-S)."""
+    """Resolve and verify a model once, in the parent (ESM-2 or DNABERT-S).
+
+    ``models_dir`` (default ``$VIRNUCPRO_MODELS``): a folder written by ``virnucpro download
+    --dest``; a model NAME is then taken from it (verified, no network). ``flag`` is the CLI
+    option the model came from, for messages (None from Python).
+    """
+    from dataclasses import replace
+
     from virnucpro.models.dnabert_s import resolve_dnabert
     from virnucpro.models.hub import resolve_esm2
+    from virnucpro.models.models_dir import model_in_models_dir, models_dir_from
 
-    if is_dnabert_source(model):
-        return resolve_dnabert(model, precision=precision, flag=flag)
-    return resolve_esm2(
-        model, layers=tuple(layers), per_token=per_token, precision=precision, flag=flag
-    )
+    folder = models_dir_from(models_dir)
+    source, revision = model, None
+    if folder is not None and not Path(model).expanduser().exists():
+        path, revision = model_in_models_dir(folder, model, flag)
+        source = str(path)
+    if is_dnabert_source(source):
+        spec = resolve_dnabert(source, precision=precision, flag=flag)
+    else:
+        spec = resolve_esm2(
+            source, layers=tuple(layers), per_token=per_token, precision=precision, flag=flag
+        )
+    return spec if source == model else replace(spec, name=model, revision=revision)
 
 
 def is_dnabert_source(model: str) -> bool:
@@ -111,7 +127,7 @@ def _spec_from_config(model_config, options: dict) -> EmbedderSpec:
         model_config = {"model": str(model_config)}
     config = dict(model_config)
     name = config.pop("model", None) or config.pop("model_name", None) or DEFAULT_ESM2
-    for key in ("layers", "per_token", "precision"):
+    for key in ("layers", "per_token", "precision", "models_dir"):
         if key in options:
             config.setdefault(key, options.pop(key))
     return resolve_model(str(name), **config)
@@ -131,7 +147,8 @@ def run_multi_gpu_inference(
     per visible GPU, or one CPU worker when there is none. Returns the output path and the
     ranks that failed (their missing sequences are listed in ``output_dir/missing.tsv``).
     Options: devices, tokens_per_batch, unit_tokens, max_retries, worker_timeout, strict,
-    restart, quiet, backend ("local" or "ray"), ray_address, shard ("I/N").
+    restart, quiet, backend ("local" or "ray"), ray_address, shard ("I/N"), models_dir (a
+    folder written by ``virnucpro download --dest``; default ``$VIRNUCPRO_MODELS``).
     """
     spec = _spec_from_config(model_config, options)
     result = embed(fasta_files, output_dir, spec, world_size=world_size, **options)

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="layers to pool, comma separated, negative from the end (default -1)",
     )
     embed.add_argument("--per-token", action="store_true", help="also store per-residue vectors")
+    from virnucpro.pipeline.cli_commands import add_models_dir_option
+
+    add_models_dir_option(embed)
     _add_engine_options(embed)
     embed.set_defaults(handler=_cmd_embed)
 
@@ -172,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from virnucpro.training.train_cli import add_training_commands
 
     add_training_commands(sub, common, _add_engine_options)
+    from virnucpro.models.download_cli import add_download_commands
+
+    add_download_commands(sub, common)
     return parser
 
 
@@ -201,6 +207,7 @@ def _cmd_embed(args) -> int:
         per_token=args.per_token,
         precision=args.precision,
         flag="--model",
+        models_dir=args.models_dir,
     )
     result = embed(args.inputs, args.output_dir, spec, **engine_kwargs(args))
     return report_result(result, args.output_dir)

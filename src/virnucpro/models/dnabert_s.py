@@ -11,7 +11,6 @@ vectors as one sequence at a time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from virnucpro.models.base import (
 )
 
 HUB_ID = "zhihan1996/DNABERT-S"
+CATALOG_NAME = "DNABERT-S"  # its name for `virnucpro download`
 FAMILY = "dnabert_s"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # first one present wins
 # ALiBi has no trained length limit (the original rebuilt its bias for longer inputs and
@@ -358,19 +358,19 @@ def load_dnabert_embedder(spec: EmbedderSpec, device: torch.device) -> DnabertEm
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file (``hub.sha256_file``: read once per process)."""
+    from virnucpro.models.hub import sha256_file as _sha256
+
+    return _sha256(path)
 
 
-def check_folder(folder: Path, flag: str) -> Path:
+def check_folder(folder: Path, flag: str | None) -> Path:
     """Verify a DNABERT-S folder (files, config, every tensor) and return its weights file."""
     for name in ("config.json", "tokenizer.json"):
         if not (folder / name).is_file():
-            raise ModelError(f"{flag} {folder}: missing {name} (a DNABERT-S folder needs it)")
+            raise ModelError(
+                f"{flag or 'model'} {folder}: missing {name} (a DNABERT-S folder needs it)"
+            )
     cfg = DnabertConfig.from_file(folder / "config.json")
     weights = find_weights(folder)
     with torch.device("meta"):
@@ -378,16 +378,19 @@ def check_folder(folder: Path, flag: str) -> Path:
     return weights
 
 
-def _fetch_from_hub(repo_id: str, flag: str) -> tuple[Path, str]:
+def _fetch_from_hub(flag: str | None) -> tuple[Path, str]:
     """The pinned hub revision from the cache (downloading it once); (folder, revision)."""
     from virnucpro.models import hub, registry
 
-    revision, files = registry.hub_files(repo_id)
-    return hub.fetch_files(repo_id, revision, files, flag=flag), revision
+    pin = registry.dnabert_pin()
+    folder = hub.fetch_files(
+        pin.repo_id, pin.revision, dict(pin.files), flag=flag, model=CATALOG_NAME
+    )
+    return folder, pin.revision
 
 
 def resolve_dnabert(
-    name_or_path: str, *, precision: str = "auto", flag: str = "--dnabert-model"
+    name_or_path: str, *, precision: str = "auto", flag: str | None = "--dnabert-model"
 ) -> EmbedderSpec:
     """Resolve a local folder or the hub id ``zhihan1996/DNABERT-S`` to a verified spec.
 
@@ -396,15 +399,16 @@ def resolve_dnabert(
     """
     path = Path(name_or_path).expanduser()
     revision: str | None = None
+    label = flag or "model"
     if path.is_dir():
         folder = path.resolve()
-    elif name_or_path.strip().lower() == HUB_ID.lower():
-        folder, revision = _fetch_from_hub(HUB_ID, flag)
+    elif name_or_path.strip().lower() in (HUB_ID.lower(), CATALOG_NAME.lower()):
+        folder, revision = _fetch_from_hub(flag)
     elif path.exists():
-        raise ModelError(f"{flag} {name_or_path}: expected a DNABERT-S folder, not a file")
+        raise ModelError(f"{label} {name_or_path}: expected a DNABERT-S folder, not a file")
     else:
         raise ModelError(
-            f"{flag} {name_or_path}: no such folder (give a DNABERT-S folder with config.json, "
+            f"{label} {name_or_path}: no such folder (give a DNABERT-S folder with config.json, "
             f"tokenizer.json and weights, or the hub id {HUB_ID})"
         )
     weights = check_folder(folder, flag)

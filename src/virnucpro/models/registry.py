@@ -8,6 +8,8 @@ guessed.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,36 +137,114 @@ CLASSIFIERS: Mapping[int, UrlFile] = MappingProxyType(
 )
 
 
+# --------------------------------------------------------------------------- overrides
+
+PINS_ENV = "VIRNUCPRO_PINS"
+
+
+def _read_pins() -> dict:
+    """The JSON file named by ``$VIRNUCPRO_PINS`` (mirrors and tests), or nothing."""
+    name = os.environ.get(PINS_ENV)
+    if not name:
+        return {}
+    try:
+        pins = json.loads(Path(name).read_text())
+        if not isinstance(pins, dict):
+            raise ValueError("not a JSON object")
+        return pins
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{PINS_ENV}={name}: unreadable pins file ({exc})") from None
+
+
+def _hub_pin(value: dict, where: str) -> HubModel:
+    try:
+        return _hub(str(value["repo_id"]), str(value["revision"]), dict(value["files"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{PINS_ENV}: {where} needs repo_id, revision and files ({exc})") from None
+
+
+def esm2_pins() -> Mapping[str, HubModel]:
+    """The pinned ESM-2 repositories, with any ``$VIRNUCPRO_PINS`` entries applied."""
+    extra = _read_pins().get("esm2") or {}
+    if not extra:
+        return ESM2_HUB
+    merged = dict(ESM2_HUB)
+    for name, value in extra.items():
+        if name not in ESM2_GEOMETRY:
+            raise ModelError(f"{PINS_ENV}: esm2 entry {name!r} is not a known ESM-2 name")
+        merged[name] = _hub_pin(value, f"esm2.{name}")
+    return MappingProxyType(merged)
+
+
+def dnabert_pin() -> HubModel:
+    """The pinned DNABERT-S repository, or its ``$VIRNUCPRO_PINS`` replacement."""
+    value = _read_pins().get("dnabert_s")
+    return DNABERT_S if not value else _hub_pin(value, "dnabert_s")
+
+
+def classifier_pins() -> Mapping[int, UrlFile]:
+    """The original classifiers by chunk size, with any ``$VIRNUCPRO_PINS`` entries applied."""
+    extra = _read_pins().get("classifiers") or {}
+    if not extra:
+        return CLASSIFIERS
+    merged = dict(CLASSIFIERS)
+    for size, value in extra.items():
+        try:
+            merged[int(size)] = UrlFile(str(value["url"]), value.get("sha256"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(
+                f"{PINS_ENV}: classifiers.{size} needs url and sha256 ({exc})"
+            ) from None
+    return MappingProxyType(merged)
+
+
 def esm2_hub_entry(name: str) -> tuple[str, HubModel] | None:
     """(fair-esm name, entry) for a fair-esm name or a ``facebook/<name>`` hub id, any case."""
     wanted = name.strip().lower()
-    for key, entry in ESM2_HUB.items():
-        if wanted in (key.lower(), entry.repo_id.lower()):
+    for key, entry in esm2_pins().items():
+        if wanted in (key.lower(), entry.repo_id.lower(), ESM2_HUB[key].repo_id.lower()):
             return key, entry
     return None
 
 
 def hub_files(repo_id: str) -> tuple[str, dict[str, str | None]]:
     """(pinned revision, {file: sha256 or None}) for a registered hub repository."""
-    for entry in (DNABERT_S, *ESM2_HUB.values()):
+    for entry in (dnabert_pin(), *esm2_pins().values()):
         if entry.repo_id.lower() == repo_id.strip().lower():
             return entry.revision, dict(entry.files)
     raise ModelError(f"{repo_id} is not a registered model repository (no pinned revision)")
 
 
-def resolve_classifier(path: str | None, chunk_size: int, *, flag: str = "--classifier") -> Path:
-    """A local classifier file, or (``path`` None) the original one for ``chunk_size``, fetched."""
+def resolve_classifier(
+    path: str | None,
+    chunk_size: int,
+    *,
+    flag: str | None = "--classifier",
+    models_dir: str | Path | None = None,
+) -> Path:
+    """A local classifier file, or (``path`` None) the original one for ``chunk_size``.
+
+    The original comes from ``models_dir`` (or ``$VIRNUCPRO_MODELS``) when one is given, else
+    from the cache, downloaded once.
+    """
     if path is not None:
         local = Path(path).expanduser()
         if not local.is_file():
-            raise ModelError(f"{flag} {path}: no such file")
+            raise ModelError(f"{flag or 'classifier'} {path}: no such file")
         return local.resolve()
-    if chunk_size not in CLASSIFIERS:
-        sizes = ", ".join(str(size) for size in CLASSIFIERS)
+    from virnucpro.models.models_dir import classifier_in_models_dir, models_dir_from
+
+    folder = models_dir_from(models_dir)
+    if folder is not None:
+        return classifier_in_models_dir(folder, chunk_size, flag)
+    classifiers = classifier_pins()
+    if chunk_size not in classifiers:
+        sizes = ", ".join(str(size) for size in classifiers)
         raise ModelError(
-            f"no original classifier for chunk size {chunk_size} (only {sizes}); pass {flag} PATH"
+            f"no original classifier for chunk size {chunk_size} (only {sizes}); "
+            f"pass {flag or 'a classifier file'} PATH"
         )
     from virnucpro.models.hub import fetch_url
 
-    original = CLASSIFIERS[chunk_size]
-    return fetch_url(original.url, original.sha256, flag=flag)
+    original = classifiers[chunk_size]
+    return fetch_url(original.url, original.sha256, flag=flag, model=f"classifier-{chunk_size}")

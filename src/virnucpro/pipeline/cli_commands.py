@@ -17,6 +17,18 @@ from virnucpro.pipeline.answers_cli import (
 from virnucpro.pipeline.chunking import chunk_size_arg
 
 
+def add_models_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--models-dir DIR``: every model by name from a `virnucpro download --dest` folder."""
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="take every model named (by default name too) from DIR, a folder written by "
+        "`virnucpro download --dest DIR`, verified, without network (default $VIRNUCPRO_MODELS)",
+    )
+
+
 def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_options) -> None:
     translate = sub.add_parser(
         "translate",
@@ -103,6 +115,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="classifier: an original 300_model.pth/500_model.pth, our safetensors file, or a "
         "`virnucpro train` MODEL_DIR (default: the original for --chunk-size)",
     )
+    add_models_dir_option(p)
 
 
 def predict_options(args):
@@ -123,6 +136,7 @@ def predict_options(args):
         precision=args.precision,
         engine=engine_kwargs(args),
         call_rule=call_rule(args),
+        models_dir=args.models_dir,
     )
 
 
@@ -176,6 +190,7 @@ def add_selfcheck_command(sub, common: argparse.ArgumentParser, add_engine_optio
     check.add_argument("input", type=Path, metavar="INPUT", help="e.g. examples/example.fna")
     check.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
     check.add_argument("--chunk-size", type=int, choices=[300, 500], default=500)
+    add_models_dir_option(check)
     add_engine_options(check)
     check.set_defaults(handler=_cmd_selfcheck)
 
@@ -189,10 +204,31 @@ def _cmd_selfcheck(args) -> int:
         args.input, args.output_dir, args.chunk_size, engine_kwargs(args), args.precision
     )
     c = result.counts
+    staged = check_models_dir(args.models_dir, args.chunk_size)
     print(
         f"selfcheck OK: {c['input_records']} records, {c['chunks']} chunks, "
         f"{c['frames_scored']} frames scored through both models and the classifier -> "
         f"{result.out_dir} ({NOTICE})",
         file=sys.stderr,
     )
+    if staged:
+        print(staged, file=sys.stderr)
     return result.exit_code
+
+
+def check_models_dir(models_dir: Path | None, chunk_size: int) -> str | None:
+    """With a models folder (``--models-dir`` / $VIRNUCPRO_MODELS): resolve and verify the
+    models predict uses from it (raises when one is missing or damaged); None without one."""
+    from virnucpro.models.models_dir import models_dir_from
+    from virnucpro.pipeline.predict import PredictOptions, _resolve_models
+
+    folder = models_dir_from(models_dir)
+    if folder is None:
+        return None
+    dnabert, esm, classifier, _ = _resolve_models(
+        PredictOptions(chunk_size=chunk_size, models_dir=str(folder))
+    )
+    return (
+        f"models in {folder} ready for predict: {dnabert.name}@{dnabert.revision}, "
+        f"{esm.name}@{esm.revision}, {classifier.name} (checksums verified)"
+    )

@@ -47,6 +47,7 @@ class PredictOptions:
     precision: str = "auto"
     engine: dict = field(default_factory=dict)  # devices, world_size, tokens_per_batch, ...
     call_rule: CallRule = field(default_factory=CallRule)  # the record call (record_call.py)
+    models_dir: str | None = None  # a `virnucpro download --dest` folder ($VIRNUCPRO_MODELS)
 
 
 @dataclass
@@ -113,22 +114,33 @@ def _read_records_table(path: Path, input_path: Path) -> list[tuple[str, int, in
 def _resolve_models(options: PredictOptions):
     from virnucpro.api import resolve_model
     from virnucpro.models.classifier import load_classifier
+    from virnucpro.models.missing import ModelsUnavailable
     from virnucpro.models.registry import resolve_classifier
 
+    where = {"precision": options.precision, "models_dir": options.models_dir}
     resolved, problems = [], []
     for resolve in (
-        lambda: resolve_model(
-            options.dnabert_model, precision=options.precision, flag="--dnabert-model"
+        lambda: resolve_model(options.dnabert_model, flag="--dnabert-model", **where),
+        lambda: resolve_model(options.esm_model, flag="--esm-model", **where),
+        lambda: resolve_classifier(
+            options.classifier,
+            options.chunk_size,
+            flag="--classifier",
+            models_dir=options.models_dir,
         ),
-        lambda: resolve_model(options.esm_model, precision=options.precision, flag="--esm-model"),
-        lambda: resolve_classifier(options.classifier, options.chunk_size, flag="--classifier"),
     ):
         try:
             resolved.append(resolve())
         except ModelError as exc:  # name every missing model at once, not one per attempt
-            problems.append(str(exc))
+            problems.append(exc)
     if problems:
-        raise ModelError(" | ".join(problems))
+        unavailable = [p for p in problems if isinstance(p, ModelsUnavailable)]
+        others = [str(p) for p in problems if not isinstance(p, ModelsUnavailable)]
+        if unavailable and not others:
+            raise ModelsUnavailable.merge(unavailable)
+        if unavailable:
+            others.append(str(ModelsUnavailable.merge(unavailable)))
+        raise ModelError(" | ".join(others))
     dnabert, esm, classifier_path = resolved
     from virnucpro.pipeline.trained_classifier import check_feature_models
 
