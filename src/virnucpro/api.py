@@ -27,9 +27,23 @@ def resolve_model(
 
     if is_dnabert_source(model):
         return resolve_dnabert(model, precision=precision, flag=flag)
-    return resolve_esm2(
+    spec = resolve_esm2(
         model, layers=tuple(layers), per_token=per_token, precision=precision, flag=flag
     )
+    return _without_repeated_layers(spec)
+
+
+def _without_repeated_layers(spec: EmbedderSpec) -> EmbedderSpec:
+    """A layer named twice (``-1,-1`` or ``6,-1`` on a 6-layer model) is dropped, with a note."""
+    import dataclasses
+    import logging
+
+    from virnucpro.models.esm2 import distinct_layers
+
+    layers, notes = distinct_layers(spec.layers, int(spec.extra["num_layers"]))
+    for note in notes:
+        logging.getLogger("virnucpro").warning("%s", note)
+    return dataclasses.replace(spec, layers=layers) if notes else spec
 
 
 def is_dnabert_source(model: str) -> bool:
