@@ -69,8 +69,9 @@ def _batched(embedder, arrays, sizes=(3, 5, 1, 4)) -> dict:
         for name, values in out.pooled.items():
             assert values.dtype == np.float32 and values.shape == (len(idx), embedder.dim)
             pooled.setdefault(name, np.zeros((len(arrays), embedder.dim), np.float32))[idx] = values
+        by_output = out.per_token_by_output()
         for j, i in enumerate(idx):
-            per_token[i] = None if out.per_token is None else out.per_token[j]
+            per_token[i] = None if by_output is None else {n: b[j] for n, b in by_output.items()}
         start, k = start + len(idx), k + 1
     return {"pooled": pooled, "per_token": per_token}
 
@@ -155,9 +156,11 @@ def test_several_layers_and_per_token_match_transformers(models):
         for name, layer in zip(names, (hidden[0], hidden[1], last), strict=True):
             expected = layer[0, 1:-1].mean(0).numpy()
             np.testing.assert_allclose(got["pooled"][name][i], expected, rtol=0, atol=TOL)
-        rows = got["per_token"][i]
-        assert rows.dtype == np.float32 and rows.shape == (len(ids) - 2, 32)
-        np.testing.assert_allclose(rows, hidden[0][0, 1:-1].numpy(), rtol=0, atol=TOL)
+        assert list(got["per_token"][i]) == names  # every requested layer, as fair-esm's
+        for name, layer in zip(names, (hidden[0], hidden[1], last), strict=True):
+            rows = got["per_token"][i][name]
+            assert rows.dtype == np.float32 and rows.shape == (len(ids) - 2, 32)
+            np.testing.assert_allclose(rows, layer[0, 1:-1].numpy(), rtol=0, atol=TOL)
 
 
 def test_equal_length_runs_in_a_packed_batch_match_transformers(models):
@@ -381,7 +384,7 @@ def test_config_geometry_is_checked_against_the_weights(models, tmp_path):
         load_esm2_embedder(_spec(folder), CPU)
 
 
-@pytest.mark.parametrize("layers", [(3,), (-4,), (2, -1)])
+@pytest.mark.parametrize("layers", [(3,), (-4,), (2, 3)])
 def test_bad_layer_requests_are_refused(models, layers):
     with pytest.raises(ModelError, match="layer"):
         load_esm2_embedder(_spec(models["hf"], layers=layers), CPU)

@@ -47,16 +47,17 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return write_random_models(tmp_path_factory.mktemp("models"))
 
 
-def paired(tmp: Path, models, first: Path, second: Path, name: str):
+def paired(tmp: Path, models, first: Path, second: Path, name: str, quiet: bool = True):
     out = tmp / name
     args = predict_args(first, out, models, "--paired")
+    args = args if quiet else [a for a in args if a != "--quiet"]  # -q: errors only
     return out, run_cli(*args[:2], str(second), *args[2:])  # predict R1 R2 -o OUT ...
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, models, mates) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("paired")
-    forward, result = paired(tmp, models, *mates, "forward")
+    forward, result = paired(tmp, models, *mates, "forward", quiet=False)
     assert result.returncode == 0, result.stderr
     assert f"{PAIRS} pairs:" in result.stderr
     swapped, result = paired(tmp, models, *reversed(mates), "swapped")

@@ -199,7 +199,7 @@ def test_selfcheck_runs_the_pipeline_offline_with_the_precision_asked(tmp_path):
     out = tmp_path / "check"
     result = run_cli(
         "selfcheck", str(EXAMPLE), "-o", str(out), "--devices", "cpu", "--workers", "1",
-        "--precision", "bf16", "--quiet",
+        "--precision", "bf16",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "MACHINERY CHECK" in result.stderr and "selfcheck OK: 26 records" in result.stderr

@@ -42,10 +42,25 @@ def resolve_model(
     if is_dnabert_source(source):
         spec = resolve_dnabert(source, precision=precision, flag=flag)
     else:
-        spec = resolve_esm2(
-            source, layers=tuple(layers), per_token=per_token, precision=precision, flag=flag
+        spec = _without_repeated_layers(
+            resolve_esm2(
+                source, layers=tuple(layers), per_token=per_token, precision=precision, flag=flag
+            )
         )
     return spec if source == model else replace(spec, name=model, revision=revision)
+
+
+def _without_repeated_layers(spec: EmbedderSpec) -> EmbedderSpec:
+    """A layer named twice (``-1,-1`` or ``6,-1`` on a 6-layer model) is dropped, with a note."""
+    import dataclasses
+    import logging
+
+    from virnucpro.models.esm2 import distinct_layers
+
+    layers, notes = distinct_layers(spec.layers, int(spec.extra["num_layers"]))
+    for note in notes:
+        logging.getLogger("virnucpro").warning("%s", note)
+    return dataclasses.replace(spec, layers=layers) if notes else spec
 
 
 def is_dnabert_source(model: str) -> bool:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -30,6 +33,32 @@ def _layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"layers must be integers such as -1 or 6,12: {text!r}"
         ) from None
+
+
+NEGATIVE_LIST_OPTIONS = ("--layers",)
+
+
+def glue_negative_values(argv: list[str]) -> list[str]:
+    """``--layers -1,-2`` -> ``--layers=-1,-2``: argparse takes a value that starts with ``-``
+    and is not a plain number (``-1,-2``) for an option and refuses the line."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in NEGATIVE_LIST_OPTIONS:
+            value = next(args, None)
+            if value is not None and re.fullmatch(r"-\d[\d, -]*", value):
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        if arg == "--":
+            out.append(arg)
+            out.extend(args)
+            break
+        out.append(arg)
+    return out
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -200,7 +229,9 @@ def engine_kwargs(args) -> dict:
 
 def _cmd_embed(args) -> int:
     from virnucpro.api import embed, resolve_model
+    from virnucpro.io.paths import require_input_files
 
+    require_input_files(args.inputs)  # before the model, which may take a download
     spec = resolve_model(
         str(args.model),
         layers=args.layers,
@@ -226,7 +257,7 @@ def report_result(result, out_dir: Path) -> int:
         print(
             f"shard done: {result.embedded} of {result.expected} sequences of this shard "
             f"embedded in {out_dir}; when every shard is done, run `virnucpro merge {out_dir}`",
-            file=sys.stderr,
+            file=_problems if result.exit_code else sys.stderr,
         )
         return result.exit_code
     if result.exit_code == EXIT_OK:
@@ -245,10 +276,9 @@ def report_result(result, out_dir: Path) -> int:
         if result.failed_ranks
         else ""
     )
-    print(
+    problem(
         f"warning: partial result: {result.embedded} of {result.expected} sequences embedded -> "
-        f"{result.output}; {'; '.join(where)}{ranks}",
-        file=sys.stderr,
+        f"{result.output}; {'; '.join(where)}{ranks}"
     )
     return EXIT_PARTIAL
 
@@ -266,19 +296,42 @@ def _configure_logging(args) -> None:
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
+_problems = sys.stderr  # where lines that explain a non-zero exit status go, even with -q
+
+
+@contextlib.contextmanager
+def _errors_only(quiet: bool):
+    """``-q``: the commands' own lines (closing summaries, notices) are dropped. What explains
+    a non-zero exit status still shows: errors (printed by ``main`` after this block), the
+    partial-result line (``problem``) and the log handler's errors (it keeps the real stderr)."""
+    global _problems
+    _problems = sys.stderr
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        yield
+
+
+def problem(message: str) -> None:
+    """Print the line that explains an exit status 2 (partial result); shown even with -q."""
+    print(message, file=_problems)
+
+
 def _terminate(signum, _frame) -> None:
     raise KeyboardInterrupt(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(glue_negative_values(sys.argv[1:] if argv is None else argv))
     _configure_logging(args)
     from virnucpro.engine.local import Interrupted
 
     signal.signal(signal.SIGTERM, _terminate)  # outside the worker phase: stop like Ctrl-C
     try:
-        return args.handler(args)
+        with _errors_only(args.quiet):
+            return args.handler(args)
     except Interrupted as exc:
         work = getattr(exc, "work_dir", "the output directory")
         print(

@@ -11,10 +11,10 @@ import numpy as np
 def _default_dataset(f: h5py.File) -> str:
     if "embeddings" in f:
         return "embeddings"
-    layered = sorted(name for name in f if name.startswith("embeddings_layer_"))
+    layered = [name for name in f if name.startswith("embeddings_layer_")]
     if not layered:
         raise KeyError(f"{f.filename} holds no embeddings dataset")
-    return layered[-1]
+    return max(layered, key=lambda name: int(name.rsplit("_", 1)[1]))  # 12 over 6
 
 
 def read_embeddings(path: str | Path, dataset: str | None = None) -> tuple[list[str], np.ndarray]:
@@ -59,8 +59,15 @@ class EmbeddingsFile:
             raise KeyError(f"{seq_id!r} is not in {self._file.filename}") from None
         return self._file[self.dataset][row]
 
-    def per_token(self, seq_id: str) -> np.ndarray:
-        """Per-residue vectors of one sequence (files written with --per-token)."""
+    def per_token(self, seq_id: str, layer: int | None = None) -> np.ndarray:
+        """Per-residue vectors of one sequence (files written with --per-token), of ``layer``
+        (its number, as in ``embeddings_layer_L``; files with several layers) or of this
+        file's dataset."""
         row = self._row[seq_id]
         offsets = self._file["per_token_offsets"]
-        return self._file["per_token"][offsets[row] : offsets[row + 1]]
+        name = "per_token" + self.dataset[len("embeddings") :]
+        if layer is not None:
+            name = f"per_token_layer_{layer}"
+            if name not in self._file:
+                raise KeyError(f"{self._file.filename} holds no per-token vectors of layer {layer}")
+        return self._file[name][offsets[row] : offsets[row + 1]]

@@ -290,7 +290,9 @@ def _compute(index, rd, spec, options, desc, run_number, started, timings) -> Ru
     outcome = RunOutcome(planned=len(units), todo=len(todo), reused=len(unit_files))
     outcome.quarantined = quarantined
     log.info(
-        "%d sequences, %d units (%d tokens each), %d unit files reused, %d to compute on %s",
+        "stage %s: %d sequences, %d units (%d tokens each), %d unit files reused, %d to compute "
+        "on %s",
+        desc,
         len(index),
         len(units),
         unit_tokens,
@@ -317,7 +319,12 @@ def _compute(index, rd, spec, options, desc, run_number, started, timings) -> Ru
         )
 
     backend = make_backend(options, make_config)
-    progress = Progress(sum(len(u) for u in todo), desc=desc, quiet=options.quiet)
+    progress = Progress(
+        sum(len(u) for u in todo),
+        desc=desc,
+        quiet=options.quiet,
+        tokens=sum(u.tokens for u in todo),
+    )
     try:
         outcome.workers = backend.run(scheduler, progress)
     except Interrupted as exc:

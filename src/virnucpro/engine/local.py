@@ -218,10 +218,14 @@ class LocalBackend:
             worker.sequences += n
             worker.tokens += tokens
             worker.slots += slots
-            progress.update(n, tokens, sum(w.alive for w in self.workers))
+            unit = scheduler.in_flight.get(worker.rank)
+            progress.update(n, tokens, sum(w.alive for w in self.workers), unit=unit)
         elif kind == "done":
             _, key, _count, stats = message
+            unit = scheduler.in_flight.get(worker.rank)
             scheduler.completed(worker.rank, key)
+            if unit is not None:
+                progress.unit_done(unit)
             worker.units_done += 1
             worker.consecutive_deaths = 0
             worker.oom_splits += stats.get("oom_splits", 0)
@@ -317,6 +321,7 @@ class LocalBackend:
                 if worker.alive and not worker.process.is_alive():
                     self._handle_death(worker, scheduler, progress)
             self._kill_hung()
+            progress.tick()
 
     def _kill_hung(self) -> None:
         """Kill workers silent for too long: ``worker_timeout`` while computing, the start-up

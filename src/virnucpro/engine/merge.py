@@ -17,6 +17,7 @@ import numpy as np
 
 from virnucpro.engine.unitfile import read_unit, read_unit_positions
 from virnucpro.errors import ValidationError
+from virnucpro.models.base import per_token_dataset
 
 ID_BLOCK = 100_000
 CHECK_BLOCK_BYTES = 256 << 20
@@ -127,12 +128,13 @@ def merge_units(
             )
             f.create_dataset("truncated", shape=(n,), dtype=bool)
             vector_sets = {name: _contiguous(f, name, (n, dim), np.float32) for name in outputs}
-            token_set = None
-            if per_token:
-                token_set = _contiguous(f, "per_token", (token_total, dim), np.float32)
+            token_offset = {}
+            if per_token:  # one per-token dataset per output (every requested layer)
+                for name in outputs:
+                    ds = _contiguous(f, per_token_dataset(name), (token_total, dim), np.float32)
+                    token_offset[name] = ds.id.get_offset()
                 f.create_dataset("per_token_offsets", data=offsets)
             offsets_in_file = {name: ds.id.get_offset() for name, ds in vector_sets.items()}
-            token_offset = token_set.id.get_offset() if token_set is not None else None
             del lengths
         layout = _Layout(tmp, n, dim, row_of, offsets_in_file, token_offset, offsets, token_total)
         truncated, failed_positions, failed_reasons = _write_vectors(layout, unit_files)
@@ -168,7 +170,7 @@ class _Layout:
     dim: int
     row_of: np.ndarray  # index position -> output row (-1: not in the output)
     vector_offsets: dict[str, int | None]  # dataset name -> byte offset in the file
-    token_offset: int | None  # per_token dataset, with --per-token
+    token_offset: dict[str, int | None]  # output -> its per-token dataset, with --per-token
     token_bounds: np.ndarray | None  # per_token rows of output row i: [i], [i + 1]
     token_rows: int
 
@@ -187,15 +189,13 @@ def _write_vectors(
         for name, offset in layout.vector_offsets.items()
         if offset is not None
     }
-    token_map = None
-    if layout.token_offset is not None:
-        token_map = np.memmap(
-            layout.path,
-            dtype="<f4",
-            mode="r+",
-            offset=layout.token_offset,
-            shape=(layout.token_rows, dim),
+    token_maps = {
+        name: np.memmap(
+            layout.path, dtype="<f4", mode="r+", offset=offset, shape=(layout.token_rows, dim)
         )
+        for name, offset in layout.token_offset.items()
+        if offset is not None
+    }
     bounds = layout.token_bounds
     for path in unit_files:
         unit = read_unit(path)
@@ -211,13 +211,17 @@ def _write_vectors(
                     f"unit file {path}: {name} has width {array.shape[1]}, expected {dim}"
                 )
             maps[name][rows] = array
-        if token_map is not None and unit.per_token is not None:
-            for row, block in zip(rows.tolist(), unit.per_token, strict=True):
+        for name, token_map in token_maps.items():
+            if unit.per_token is None or name not in unit.per_token:
+                if rows.size:
+                    raise ValidationError(f"unit file {path} has no per-token vectors of {name}")
+                continue
+            for row, block in zip(rows.tolist(), unit.per_token[name], strict=True):
                 token_map[bounds[row] : bounds[row + 1]] = block
         if unit.failed_positions.size:
             failed_positions.append(unit.failed_positions)
             failed_reasons.extend(unit.failed_reasons)
-    for m in list(maps.values()) + ([token_map] if token_map is not None else []):
+    for m in list(maps.values()) + list(token_maps.values()):
         m.flush()
         del m
     return truncated, failed_positions, failed_reasons

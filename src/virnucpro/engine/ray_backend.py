@@ -208,7 +208,9 @@ class RayBackend:
             worker.oom_splits += stats.get("oom_splits", 0)
             worker.status = "idle"
             worker.last_seen = time.monotonic()
-            progress.update(len(call.unit), tokens, sum(w.alive for w in self.workers))
+            live = sum(w.alive for w in self.workers)
+            progress.update(len(call.unit), tokens, live, unit=call.unit)
+            progress.unit_done(call.unit, live)
 
     def _death(self, worker: WorkerState, reason: str, scheduler: Scheduler) -> None:
         """The actor is gone or unusable: lose its unit, then respawn it or fail the rank."""
@@ -303,6 +305,7 @@ class RayBackend:
                 for ref in ready:
                     self._resolve(ref, scheduler, progress)
             self._heartbeats(scheduler)
+            progress.tick()
 
     def _resolve(self, ref: Any, scheduler: Scheduler, progress: Progress) -> None:
         call = self._calls.pop(ref, None)

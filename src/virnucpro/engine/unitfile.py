@@ -18,6 +18,7 @@ import numpy as np
 
 from virnucpro.errors import ValidationError
 from virnucpro.io.diskerrors import disk_error, is_disk_error
+from virnucpro.models.base import per_token_dataset
 
 FORMAT_VERSION = 2  # 2: the checksum covers every dataset, the key and the job tag
 HASH_BLOCK_ROWS = 1 << 14
@@ -33,7 +34,7 @@ class UnitResult:
     lengths: np.ndarray  # int64 residues
     truncated: np.ndarray  # bool
     vectors: dict[str, np.ndarray]  # output name -> float32 (n, dim)
-    per_token: list[np.ndarray] | None = None  # (L_i, dim) per row, first output only
+    per_token: dict[str, list[np.ndarray]] | None = None  # output -> (L_i, dim) per row
     failed_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     failed_reasons: list[str] = field(default_factory=list)  # why each failed position failed
 
@@ -167,15 +168,22 @@ def _write(tmp: Path, result: UnitResult, job: str) -> None:
         for name, array in result.vectors.items():
             group.create_dataset(name, data=np.ascontiguousarray(array, dtype=np.float32))
         if result.per_token is not None:
-            sizes = np.array([t.shape[0] for t in result.per_token], dtype=np.int64)
-            dim = result.per_token[0].shape[1] if result.per_token else 0
-            flat = (
-                np.concatenate(result.per_token).astype(np.float32)
-                if result.per_token
-                else np.zeros((0, dim), np.float32)
+            sizes = None
+            for name, blocks in result.per_token.items():
+                here = np.array([t.shape[0] for t in blocks], dtype=np.int64)
+                if len(blocks) != n or (sizes is not None and not np.array_equal(here, sizes)):
+                    raise ValueError(f"unit {result.key}: per-token rows of {name} not aligned")
+                sizes = here
+                dim = blocks[0].shape[1] if blocks else 0
+                flat = (
+                    np.concatenate(blocks).astype(np.float32)
+                    if blocks
+                    else np.zeros((0, dim), np.float32)
+                )
+                f.create_dataset(per_token_dataset(name), data=flat)
+            f.create_dataset(
+                "per_token_sizes", data=np.zeros(0, np.int64) if sizes is None else sizes
             )
-            f.create_dataset("per_token", data=flat)
-            f.create_dataset("per_token_sizes", data=sizes)
         f.flush()
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -187,18 +195,21 @@ def read_unit(path: Path, *, verify: bool = True) -> UnitResult:
         with h5py.File(path, "r") as f:
             key = str(f.attrs["unit"])
             ids = [_text(s) for s in f["ids"][()]]
+            vectors = {name: f["vectors"][name][()] for name in f["vectors"]}
             per_token = None
-            if "per_token" in f:
-                flat = f["per_token"][()]
+            if "per_token_sizes" in f:
                 sizes = f["per_token_sizes"][()]
-                per_token = np.split(flat, np.cumsum(sizes)[:-1]) if sizes.size else []
+                per_token = {}
+                for name in vectors:
+                    flat = f[per_token_dataset(name)][()]
+                    per_token[name] = np.split(flat, np.cumsum(sizes)[:-1]) if sizes.size else []
             result = UnitResult(
                 key=key,
                 positions=f["positions"][()],
                 ids=ids,
                 lengths=f["lengths"][()],
                 truncated=f["truncated"][()],
-                vectors={name: f["vectors"][name][()] for name in f["vectors"]},
+                vectors=vectors,
                 per_token=per_token,
                 failed_positions=f["failed_positions"][()],
                 failed_reasons=[_text(s) for s in f["failed_reasons"][()]],

@@ -102,8 +102,10 @@ class UnitRunner:
             name: np.zeros((n, self.embedder.dim), np.float32)
             for name in self.embedder.output_names
         }
-        per_token: list[np.ndarray | None] | None = (
-            [None] * n if self.config.spec.per_token else None
+        per_token: dict[str, list[np.ndarray | None]] | None = (
+            {name: [None] * n for name in self.embedder.output_names}
+            if self.config.spec.per_token
+            else None
         )
         ok = np.ones(n, dtype=bool)
         failures: list[tuple[int, str]] = []
@@ -128,7 +130,11 @@ class UnitRunner:
                 [self.embedder.truncated(len(seqs[i])) for i in keep.tolist()], bool
             ),
             vectors={name: array[keep] for name, array in vectors.items()},
-            per_token=[per_token[i] for i in keep.tolist()] if per_token is not None else None,
+            per_token={
+                name: [blocks[i] for i in keep.tolist()] for name, blocks in per_token.items()
+            }
+            if per_token is not None
+            else None,
             failed_positions=np.array([positions[i] for i, _ in failures], dtype=np.int64),
             failed_reasons=[reason for _, reason in failures],
         )
@@ -172,9 +178,11 @@ class UnitRunner:
         _check_rows(output, len(batch), per_token is not None)
         for name, array in output.pooled.items():
             vectors[name][batch] = array
-        if per_token is not None and output.per_token is not None:
-            for j, i in enumerate(batch):
-                per_token[i] = output.per_token[j]
+        blocks_by_output = output.per_token_by_output()
+        if per_token is not None and blocks_by_output is not None:
+            for name, blocks in blocks_by_output.items():
+                for j, i in enumerate(batch):
+                    per_token[name][i] = blocks[j]
 
 
 def _check_rows(output, sequences: int, per_token: bool) -> None:
@@ -182,7 +190,9 @@ def _check_rows(output, sequences: int, per_token: bool) -> None:
     numpy would broadcast a short result into every row without a word."""
     counts = {name: len(array) for name, array in output.pooled.items()}
     if per_token:
-        counts["per_token"] = len(output.per_token or [])
+        by_output = output.per_token_by_output() or {}
+        for name in output.pooled:
+            counts[f"per_token {name}"] = len(by_output.get(name, []))
     wrong = {name: n for name, n in counts.items() if n != sequences}
     if wrong:
         raise ValidationError(

@@ -85,7 +85,7 @@ def _open_kind(path: str | Path) -> tuple[BinaryIO, str | None]:
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise InputError(f"{name}: is a folder, not a FASTA/FASTQ file") from None
+        raise InputError(f"{name}: is a folder, not a sequence file") from None
     except PermissionError:
         raise InputError(f"{name}: permission denied") from None
     except OSError as exc:

@@ -73,7 +73,9 @@ class FileFingerprint:
         except OSError as exc:
             raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
         if not os.path.isfile(absolute):
-            raise InputError(f"{path}: is not a regular file")
+            from virnucpro.io.paths import input_file_problem
+
+            raise InputError(input_file_problem(path) or f"{path}: is not a regular file")
         return cls(absolute, st.st_size, st.st_mtime_ns)
 
 

@@ -62,11 +62,24 @@ class EmbedOutput:
 
     ``pooled`` maps each output name (see ``Embedder.output_names``) to a float32 array of
     shape (B, dim). ``per_token`` is None unless requested; otherwise one float32 array of
-    shape (L_i, dim) per sequence (residue positions only), for the first output.
+    shape (L_i, dim) per sequence (residue positions only): a list when there is one output,
+    a dict output name -> list when there are several (one per requested layer).
     """
 
     pooled: dict[str, np.ndarray]
-    per_token: list[np.ndarray] | None = None
+    per_token: list[np.ndarray] | dict[str, list[np.ndarray]] | None = None
+
+    def per_token_by_output(self) -> dict[str, list[np.ndarray]] | None:
+        """``per_token`` as output name -> per-sequence blocks (None when not requested)."""
+        if self.per_token is None or isinstance(self.per_token, dict):
+            return self.per_token
+        return {next(iter(self.pooled)): self.per_token}
+
+
+def per_token_dataset(output: str) -> str:
+    """HDF5 name of an output's per-token vectors: ``per_token`` for ``embeddings``,
+    ``per_token_layer_L`` for ``embeddings_layer_L``."""
+    return "per_token" + output[len("embeddings") :]
 
 
 class Embedder(ABC):

@@ -340,15 +340,14 @@ class DnabertEmbedder(Embedder):
         return EmbedOutput(pooled={"embeddings": pooled.cpu().numpy()}, per_token=per_token)
 
     def describe(self) -> dict:
-        """Attributes recorded in the output file."""
+        """Attributes recorded in the output file (the names of docs/FORMATS.md)."""
         return {
             "model": self.spec.name,
-            "family": FAMILY,
-            "revision": self.spec.revision or "",
-            "checksum": self.spec.checksum or "",
+            "model_family": FAMILY,
+            "num_layers": self.model.cfg.num_layers,
+            "embed_dim": self.dim,
             "pooling": "mean over all tokens including [CLS] and [SEP]",
-            "max_tokens": self.max_tokens,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "truncation": self.max_tokens - 2,  # nucleotides kept ([CLS] and [SEP] added)
         }
 
 

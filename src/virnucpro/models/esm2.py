@@ -108,13 +108,26 @@ class Esm2Config:
 
 
 def resolve_layers(cfg: Esm2Config, layers: Sequence[int]) -> tuple[int, ...]:
-    """Non-negative layer numbers in the order asked; a layer named twice is an error."""
+    """Non-negative layer numbers in the order asked; a layer named twice is kept once (the
+    parent says so: ``api.resolve_model``)."""
     if not layers:
         raise ModelError("no ESM-2 layer requested")
     resolved = tuple(cfg.resolve_layer(int(layer)) for layer in layers)
-    if len(set(resolved)) != len(resolved):
-        raise ModelError(f"ESM-2 layers {list(layers)} name the same layer twice")
-    return resolved
+    return tuple(dict.fromkeys(resolved))
+
+
+def distinct_layers(layers: Sequence[int], num_layers: int) -> tuple[tuple[int, ...], list[str]]:
+    """The requested layers without repeats (first naming kept), and one note per repeat."""
+    kept: dict[int, int] = {}
+    notes = []
+    for layer in layers:
+        number = layer + num_layers + 1 if layer < 0 else layer
+        if number in kept:
+            same = "" if kept[number] == layer else f" (as {kept[number]})"
+            notes.append(f"layer {layer} is named twice{same}; it is computed and stored once")
+        else:
+            kept[number] = layer
+    return tuple(kept.values()), notes
 
 
 # --------------------------------------------------------------------------- model
@@ -619,10 +632,15 @@ class Esm2Embedder(Embedder):
                     f"(longest {max(lengths)} tokens) in {_precision_name(self.dtype)}"
                 )
             per_token = None
-            if self.spec.per_token:
-                first = hidden[self.layers[0]].float().cpu().numpy()
-                spans = zip(packed.starts(), lengths, strict=True)
-                per_token = [first[start + 1 : start + n - 1].copy() for start, n in spans]
+            if self.spec.per_token:  # every requested layer, as fair-esm's extract does
+                starts = packed.starts()
+                per_token = {}
+                for name, layer in zip(self.output_names, self.layers, strict=True):
+                    rows = hidden[layer].float().cpu().numpy()
+                    spans = zip(starts, lengths, strict=True)
+                    per_token[name] = [rows[s + 1 : s + n - 1].copy() for s, n in spans]
+                if len(per_token) == 1:
+                    per_token = per_token[self.output_names[0]]
             arrays = {name: p.cpu().numpy().astype(np.float32) for name, p in pooled.items()}
         return EmbedOutput(arrays, per_token)
 
@@ -630,8 +648,6 @@ class Esm2Embedder(Embedder):
         attrs = {
             "model": self.spec.name,
             "model_family": "esm2",
-            "revision": self.spec.revision,
-            "checksum": self.spec.checksum,
             "num_layers": self.model.cfg.num_layers,
             "embed_dim": self.dim,
             "layers": list(self.layers),

@@ -54,8 +54,10 @@ def add_pipeline_commands(sub, common: argparse.ArgumentParser, add_engine_optio
 
 
 def _cmd_translate(args) -> int:
+    from virnucpro.io.paths import require_input_files
     from virnucpro.pipeline.translate import translate_file
 
+    require_input_files([args.input])
     args.output_dir.mkdir(parents=True, exist_ok=True)
     result = translate_file(args.input, args.output_dir, args.chunk_size)
     print(
@@ -83,7 +85,20 @@ def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options
     add_model_options(predict)
     add_call_options(predict)
     add_engine_options(predict)
+    _set_help(
+        predict,
+        "shard",
+        "translate, then compute only stride shard I of N of both embedding stages (job "
+        "arrays); when every shard is done, run the same command without --shard: it merges "
+        "both stages and classifies",
+    )
     predict.set_defaults(handler=_cmd_predict)
+
+
+def _set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
+    """Replace the help of a shared option where this command does something of its own."""
+    (action,) = [a for a in parser._actions if a.dest == dest]
+    action.help = text
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -141,9 +156,11 @@ def predict_options(args):
 
 
 def _cmd_predict(args) -> int:
+    from virnucpro.io.paths import require_input_files
     from virnucpro.pipeline.predict import run_predict
 
     check_inputs(args)
+    require_input_files(args.inputs)  # before the models, which may take a download
     options = predict_options(args)
     if args.samplesheet is not None:
         from virnucpro.pipeline.samplesheet import run_samplesheet
@@ -170,10 +187,11 @@ def _cmd_predict(args) -> int:
         file=sys.stderr,
     )
     if result.exit_code:
-        print(
+        from virnucpro.cli import problem
+
+        problem(
             f"warning: {c['frames_unscored']} frame(s) could not be scored; see "
-            f"{args.output_dir / 'skipped.tsv'}",
-            file=sys.stderr,
+            f"{args.output_dir / 'skipped.tsv'}"
         )
     return result.exit_code
 
@@ -197,8 +215,10 @@ def add_selfcheck_command(sub, common: argparse.ArgumentParser, add_engine_optio
 
 def _cmd_selfcheck(args) -> int:
     from virnucpro.cli import engine_kwargs
+    from virnucpro.io.paths import require_input_files
     from virnucpro.pipeline.selfcheck import NOTICE, run_selfcheck
 
+    require_input_files([args.input])
     print(NOTICE, file=sys.stderr)
     result = run_selfcheck(
         args.input, args.output_dir, args.chunk_size, engine_kwargs(args), args.precision

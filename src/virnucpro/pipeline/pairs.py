@@ -19,6 +19,7 @@ from pathlib import Path
 from virnucpro.errors import InputError, VirnucproError
 from virnucpro.io.atomic import atomic_path, atomic_write_json
 from virnucpro.io.fasta import read_records
+from virnucpro.io.paths import require_input_files
 from virnucpro.pipeline import tables
 from virnucpro.pipeline.predict import PredictOptions, PredictResult, run_predict
 from virnucpro.pipeline.record_call import CallRule, call_chunks
@@ -135,9 +136,7 @@ def run_paired(r1: Path, r2: Path, out_dir: Path, options: PredictOptions) -> Pr
     from virnucpro.report.render import write_report
 
     r1, r2, out_dir = Path(r1), Path(r2), Path(out_dir)
-    for path in (r1, r2):
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
+    require_input_files([r1, r2])
     created = not out_dir.exists()
     try:
         mates, pairs = write_mates(r1, r2, out_dir / "stages" / "pairs")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 import sys
@@ -25,6 +26,7 @@ from virnucpro import __version__
 from virnucpro.errors import InputError, ModelError, VirnucproError
 from virnucpro.io.atomic import atomic_path, atomic_write_json
 from virnucpro.io.fasta import read_records
+from virnucpro.io.paths import require_input_files
 from virnucpro.models.base import EmbedderSpec
 from virnucpro.pipeline import tables
 from virnucpro.pipeline.features import joined_features
@@ -33,6 +35,7 @@ from virnucpro.pipeline.record_outputs import write_record_outputs
 from virnucpro.pipeline.translate import TranslateResult, output_paths, translate_file
 
 DEFAULT_ESM = "esm2_t36_3B_UR50D"
+log = logging.getLogger("virnucpro.pipeline")
 DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
 NO_CODON = "no complete codon (no 3 unambiguous nucleotides A/C/G/T in a row)"
 _CODON = re.compile("[ACGT]{3}")  # the six frames together read a codon at every start
@@ -160,8 +163,7 @@ def run_predict(
     """Run the whole VirNucPro method on one FASTA/FASTQ file (``report``: write report.html)."""
     started = time.time()
     input_path, out_dir = Path(input_path), Path(out_dir)
-    if not input_path.is_file():
-        raise InputError(f"{input_path}: no such file")
+    require_input_files([input_path])
     created = not out_dir.exists()
     timings: dict[str, float] = {}
     try:
@@ -169,6 +171,7 @@ def run_predict(
         timings["resolve_models"] = time.time() - started
         t = time.time()
         quiet = bool(options.engine.get("quiet"))
+        log.info("stage translate: %s, chunks of %d", input_path, options.chunk_size)
         translated, (chunked, nucleotides, proteins), records_tsv, reused = _stage_translate(
             input_path, out_dir / "stages" / "translate", options.chunk_size, quiet
         )
@@ -197,6 +200,7 @@ def run_predict(
 
         frame_ids = list(SequenceIndex.open(out_dir / "stages" / "esm2" / "work" / "index").ids)
     t = time.time()
+    log.info("stage classify: %d frames", len(frame_ids))
     counts = _classify_and_write(
         input_path, out_dir, chunked, records, frame_ids, h5, classifier, options
     )

@@ -56,6 +56,8 @@ class Sample:
 def read_samplesheet(path: Path) -> list[Sample]:
     """Parse and check the whole sheet (paths relative to its folder); one-line errors."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a samplesheet")
     if not path.is_file():
         raise InputError(f"{path}: no such samplesheet")
     try:
@@ -90,6 +92,11 @@ def read_samplesheet(path: Path) -> list[Sample]:
                 files.append(None)
                 continue
             file = Path(value) if Path(value).is_absolute() else path.parent / value
+            if file.is_dir():
+                raise InputError(
+                    f"{path}:{line}: {column} of sample {name!r}: {file}: is a folder, not a "
+                    "sequence file"
+                )
             if not file.is_file():
                 raise InputError(f"{path}:{line}: {column} of sample {name!r}: no such file {file}")
             files.append(file)

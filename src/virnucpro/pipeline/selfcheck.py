@@ -36,6 +36,9 @@ def run_selfcheck(
     input_path: Path, out_dir: Path, chunk_size: int, engine: dict, precision: str = "auto"
 ) -> PredictResult:
     """``predict`` on ``input_path`` with the random models, written under ``out_dir``."""
+    from virnucpro.io.paths import require_input_files
+
+    require_input_files([input_path])
     models = write_random_models(Path(out_dir) / "random_models")
     options = PredictOptions(
         chunk_size=chunk_size,

@@ -10,6 +10,7 @@ from typing import Literal
 
 from virnucpro.errors import InputError
 from virnucpro.io.compression import STREAM_ERRORS, open_binary
+from virnucpro.io.paths import require_input_files
 
 Label = Literal["viral", "other"]
 LABELS: tuple[Label, ...] = ("viral", "other")
@@ -86,10 +87,7 @@ def check_inputs(inputs: list[TrainingInput]) -> None:
             raise InputError(f"no {label} input: make-dataset needs files of both classes")
     seen: dict[Path, TrainingInput] = {}
     for item in inputs:
-        if not item.path.exists():
-            raise InputError(f"{item.path}: no such file")
-        if not item.path.is_file():
-            raise InputError(f"{item.path}: is not a file")
+        require_input_files([item.path])
         key = item.path.resolve()
         if key in seen:
             raise InputError(f"{item.path}: given twice (as {seen[key].label} and {item.label})")
