@@ -240,12 +240,12 @@ def check_models_dir(models_dir: Path | None, chunk_size: int) -> str | None:
     """With a models folder (``--models-dir`` / $VIRNUCPRO_MODELS): resolve and verify the
     models predict uses from it (raises when one is missing or damaged); None without one."""
     from virnucpro.models.models_dir import models_dir_from
-    from virnucpro.pipeline.predict import PredictOptions, _resolve_models
+    from virnucpro.pipeline.predict import PredictOptions, resolve_models
 
     folder = models_dir_from(models_dir)
     if folder is None:
         return None
-    dnabert, esm, classifier, _ = _resolve_models(
+    dnabert, esm, classifier, _ = resolve_models(
         PredictOptions(chunk_size=chunk_size, models_dir=str(folder))
     )
     return (

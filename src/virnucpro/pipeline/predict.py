@@ -60,7 +60,7 @@ class PredictResult:
     counts: dict
 
 
-def _stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool):
+def stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool):
     """Translate once; reuse the outputs while the input and chunk size are unchanged."""
     marker = stage / "done.json"
     stat = input_path.stat()
@@ -98,7 +98,8 @@ def _stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool
     return summary, paths, records_tsv, False
 
 
-def _read_records_table(path: Path, input_path: Path) -> list[tuple[str, int, int, int]]:
+def read_records_table(path: Path, input_path: Path) -> list[tuple[str, int, int, int]]:
+    """(id, length, chunks, frames kept) of every record of translate's records.tsv."""
     rows = []
     seen: dict[str, int] = {}
     with open(path) as f:
@@ -114,7 +115,8 @@ def _read_records_table(path: Path, input_path: Path) -> list[tuple[str, int, in
     return rows
 
 
-def _resolve_models(options: PredictOptions):
+def resolve_models(options: PredictOptions):
+    """(DNABERT-S spec, ESM-2 spec, classifier path, classifier); every missing one named."""
     from virnucpro.api import resolve_model
     from virnucpro.models.classifier import load_classifier
     from virnucpro.models.missing import ModelsUnavailable
@@ -151,7 +153,8 @@ def _resolve_models(options: PredictOptions):
     return dnabert, esm, classifier_path, load_classifier(classifier_path)
 
 
-def _embed_stage(fasta: Path, out: Path, spec: EmbedderSpec, engine: dict, desc: str):
+def embed_stage(fasta: Path, out: Path, spec: EmbedderSpec, engine: dict, desc: str):
+    """One embedding stage: an ordinary engine job on ``fasta`` in ``out``."""
     from virnucpro.api import embed
 
     return embed([fasta], out, spec, desc=desc, **engine)
@@ -167,15 +170,15 @@ def run_predict(
     created = not out_dir.exists()
     timings: dict[str, float] = {}
     try:
-        dnabert, esm, classifier_path, classifier = _resolve_models(options)
+        dnabert, esm, classifier_path, classifier = resolve_models(options)
         timings["resolve_models"] = time.time() - started
         t = time.time()
         quiet = bool(options.engine.get("quiet"))
         log.info("stage translate: %s, chunks of %d", input_path, options.chunk_size)
-        translated, (chunked, nucleotides, proteins), records_tsv, reused = _stage_translate(
+        translated, (chunked, nucleotides, proteins), records_tsv, reused = stage_translate(
             input_path, out_dir / "stages" / "translate", options.chunk_size, quiet
         )
-        records = _read_records_table(records_tsv, input_path)
+        records = read_records_table(records_tsv, input_path)
         timings["translate"] = time.time() - t
     except VirnucproError:
         if created:
@@ -190,7 +193,7 @@ def run_predict(
             ("esm2", proteins, esm, "ESM-2"),
         ):
             t = time.time()
-            result = _embed_stage(fasta, out_dir / "stages" / name, spec, options.engine, desc)
+            result = embed_stage(fasta, out_dir / "stages" / name, spec, options.engine, desc)
             timings[name] = time.time() - t
             stage_results[name] = result
             h5[name] = result.output
@@ -201,7 +204,7 @@ def run_predict(
         frame_ids = list(SequenceIndex.open(out_dir / "stages" / "esm2" / "work" / "index").ids)
     t = time.time()
     log.info("stage classify: %d frames", len(frame_ids))
-    counts = _classify_and_write(
+    counts = classify_and_write(
         input_path, out_dir, chunked, records, frame_ids, h5, classifier, options
     )
     timings["classify_and_write"] = time.time() - t
@@ -224,7 +227,7 @@ def run_predict(
             "esm2": esm.fingerprint_fields(),
             "classifier": {
                 "path": str(classifier_path),
-                "sha256": _sha256(classifier_path),
+                "sha256": file_sha256(classifier_path),
                 "input_dim": classifier.input_dim,
             },
         },
@@ -277,13 +280,14 @@ def _shard_done(out_dir, options, stage_results, translated, timings, started) -
     return PredictResult(code, out_dir, {**translated, "shard": str(shard)})
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file (the classifier's checksum in run.json)."""
     from virnucpro.models.hub import sha256_file
 
     return sha256_file(path)
 
 
-def _classify_and_write(
+def classify_and_write(
     input_path,
     out_dir,
     chunked,
@@ -294,6 +298,7 @@ def _classify_and_write(
     options: PredictOptions,
     id_prefix: str = "",
 ):
+    """Join the frames' vectors by id, classify, write every table of ``out_dir``; counts."""
     from virnucpro.models.classifier import check_feature_width
 
     blocks, unscored, (dna_dim, protein_dim) = joined_features(

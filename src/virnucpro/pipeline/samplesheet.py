@@ -26,12 +26,12 @@ from virnucpro.pipeline.pairs import add_pair_counts, write_mates, write_pairs_t
 from virnucpro.pipeline.predict import (
     PredictOptions,
     PredictResult,
-    _classify_and_write,
-    _embed_stage,
-    _read_records_table,
-    _resolve_models,
-    _sha256,
-    _stage_translate,
+    classify_and_write,
+    embed_stage,
+    file_sha256,
+    read_records_table,
+    resolve_models,
+    stage_translate,
 )
 
 HEADER = ["sample", "fastq_1", "fastq_2"]
@@ -134,10 +134,10 @@ def _prepare(sample: Sample, out_dir: Path, options: PredictOptions) -> tuple:
     if sample.fastq_2 is not None:
         source, pairs = write_mates(sample.fastq_1, sample.fastq_2, folder / "stages" / "pairs")
     quiet = bool(options.engine.get("quiet"))
-    summary, files, records_tsv, reused = _stage_translate(
+    summary, files, records_tsv, reused = stage_translate(
         source, folder / "stages" / "translate", options.chunk_size, quiet
     )
-    records = _read_records_table(records_tsv, source)
+    records = read_records_table(records_tsv, source)
     return source, files, folder, {
         "translated": summary, "records": records, "pairs": pairs, "reused": reused
     }  # fmt: skip
@@ -156,7 +156,7 @@ def run_samplesheet(sheet: Path, out_dir: Path, options: PredictOptions) -> Pred
     created = not out_dir.exists()
     timings: dict[str, float] = {}
     try:
-        dnabert, esm, classifier_path, classifier = _resolve_models(options)
+        dnabert, esm, classifier_path, classifier = resolve_models(options)
         t = time.time()
         prepared = [_prepare(s, out_dir, options) for s in samples]
         timings["translate"] = time.time() - t
@@ -172,7 +172,7 @@ def run_samplesheet(sheet: Path, out_dir: Path, options: PredictOptions) -> Pred
             ("esm2", proteins, esm, "ESM-2"),
         ):
             t = time.time()
-            result = _embed_stage(fasta, out_dir / "stages" / name, spec, options.engine, desc)
+            result = embed_stage(fasta, out_dir / "stages" / name, spec, options.engine, desc)
             timings[name] = time.time() - t
             stage_results[name] = result
             h5[name] = result.output
@@ -180,7 +180,7 @@ def run_samplesheet(sheet: Path, out_dir: Path, options: PredictOptions) -> Pred
     models = {
         "dnabert_s": dnabert.fingerprint_fields(),
         "esm2": esm.fingerprint_fields(),
-        "classifier": {"path": str(classifier_path), "sha256": _sha256(classifier_path),
+        "classifier": {"path": str(classifier_path), "sha256": file_sha256(classifier_path),
                        "input_dim": classifier.input_dim},
     }  # fmt: skip
     stages = {name: {"exit_code": r.exit_code, "embedded": r.embedded, "missing": r.missing,
@@ -197,7 +197,7 @@ def run_samplesheet(sheet: Path, out_dir: Path, options: PredictOptions) -> Pred
         t = time.time()
         prefix = sample.prefix
         frame_ids = [i[len(prefix) :] for i in all_ids if i.startswith(prefix)]
-        counts = _classify_and_write(
+        counts = classify_and_write(
             source, folder, files[0], info["records"], frame_ids, h5, classifier, options, prefix
         )
         counts = {"input_records": len(info["records"]), **info["translated"], **counts}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import heapq
 import json
 from collections import Counter
@@ -67,6 +68,18 @@ def _summary(folder: Path) -> Iterator[dict[str, str]]:
 
 def _shown(row: dict[str, str]) -> bool:
     return row["call"] == "virus" or row["viral_regions"] not in ("0", "NA")
+
+
+@functools.lru_cache(maxsize=4 * TOP_TRACKS)
+def _histogram_png(counts: tuple[int, ...], title: str, xlabel: str) -> bytes:
+    return figures.histogram_png(counts, title, xlabel)
+
+
+@functools.lru_cache(maxsize=4 * TOP_TRACKS)
+def _track_png(rid: str, length: int, chunks: tuple, regions: tuple) -> bytes:
+    """Drawn once per process: a samplesheet run shows each sample's tracks in the sample's
+    report and again in the combined one."""
+    return figures.track_png(rid, length, chunks, regions)
 
 
 def _bin(value: float) -> int:
@@ -134,16 +147,16 @@ def build_section(name: str, folder: Path, base: Path, plots: Path, top: int) ->
             elif item > best[0]:
                 heapq.heapreplace(best, item)
     section.figures = [
-        _figure(figures.histogram_png(_frame_histogram(folder), "Frames", "P(virus)"),
+        _figure(_histogram_png(tuple(_frame_histogram(folder)), "Frames", "P(virus)"),
                 "Frame scores (P(virus) of every scored frame)", plots, "frame_scores.png", base),
-        _figure(figures.histogram_png(record_bins, "Records", "record score"),
+        _figure(_histogram_png(tuple(record_bins), "Records", "record score"),
                 "Record scores", plots, "record_scores.png", base),
     ]  # fmt: skip
     ranked = sorted(best, reverse=True)
     wanted = {rid for _, _, rid, _ in ranked}
     chunks, regions = _chunks_of(folder, wanted), _regions_of(folder, wanted)
     for rank, (score, _, rid, length) in enumerate(ranked, start=1):
-        png = figures.track_png(rid, length, chunks[rid], regions[rid])
+        png = _track_png(rid, length, tuple(chunks[rid]), tuple(regions[rid]))
         title = f"#{rank} {rid} (score {score:.4f}, {len(regions[rid])} region(s))"
         section.tracks.append(_figure(png, title, plots, f"track_{rank:03d}.png", base))
     return section

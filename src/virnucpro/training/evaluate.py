@@ -131,7 +131,7 @@ def evaluate_files(inputs: list[tuple[str, Path]], eval_dir: Path, options) -> d
 
 def evaluate_dataset(data_dir: Path, eval_dir: Path, options, split: str) -> dict:
     """Embed a DATA_DIR's frames (EVAL_DIR/stages/) and score the frames of ``split``."""
-    from virnucpro.pipeline.predict import _resolve_models
+    from virnucpro.pipeline.predict import resolve_models
     from virnucpro.training import make_dataset as md
     from virnucpro.training.data import FeatureRows
     from virnucpro.training.features import embed_frames
@@ -139,7 +139,7 @@ def evaluate_dataset(data_dir: Path, eval_dir: Path, options, split: str) -> dic
     from virnucpro.training.trainer import evaluate_split
 
     load_dataset(data_dir)
-    dnabert, esm, _, classifier = _resolve_models(options)
+    dnabert, esm, _, classifier = resolve_models(options)
     stages = embed_frames(data_dir, eval_dir / "stages", dnabert, esm, options.engine)
     if stages.dnabert_h5 is None:
         return {"shard": str(options.engine.get("shard"))}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from virnucpro.errors import VirnucproError
 from virnucpro.models.base import EmbedderSpec
-from virnucpro.pipeline.predict import _embed_stage
+from virnucpro.pipeline.predict import embed_stage
 from virnucpro.training.make_dataset import NUCLEOTIDES, PROTEINS
 
 
@@ -33,7 +33,7 @@ def embed_frames(
         ("dnabert_s", data_dir / NUCLEOTIDES, dnabert, "DNABERT-S"),
         ("esm2", data_dir / PROTEINS, esm, "ESM-2"),
     ):
-        results[name] = _embed_stage(fasta, stages / name, spec, engine, desc)
+        results[name] = embed_stage(fasta, stages / name, spec, engine, desc)
     if engine.get("shard"):
         return FeatureStages(None, None, results)
     for name, result in results.items():
