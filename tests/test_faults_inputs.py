@@ -10,7 +10,13 @@ import bz2
 import csv
 import json
 import lzma
+import os
 import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -186,3 +192,143 @@ def test_chunk_without_complete_codon_has_its_own_reason(tmp_path, models):
     for chunk in ("two_chunk_1", "all_n_chunk_1", "gappy_chunk_1"):
         assert reasons[chunk].startswith("no complete codon"), reasons
     assert reasons["stops_chunk_1"] == "no stop-free frame in any of the six frames"
+
+
+# -- items 7, 8, 11: the output directory --------------------------------------------------
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_esm_hf) -> tuple[Path, Path]:
+    """A complete embed run (input, OUT); tests copy it before changing anything."""
+    folder = tmp_path_factory.mktemp("finished")
+    inputs = write_fasta(folder / "p.faa", protein_records(10, seed=9))
+    out = folder / "out"
+    result = run_cli(*embed_args(inputs, out, tiny_esm_hf))
+    assert result.returncode == 0, result.stderr
+    return inputs, out
+
+
+def _copy_run(finished_run, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(finished_run[1], out, symlinks=True)
+    return out
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_two_runs_on_one_out_second_refused(tmp_path, tiny_esm_hf):
+    inputs = write_fasta(tmp_path / "p.faa", protein_records(24, seed=4))
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "virnucpro", *embed_args(inputs, out, tiny_esm_hf)],
+        env=dict(os.environ, VIRNUCPRO_TEST_DELAY="0.5"),  # long enough to be running
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = out / ".virnucpro.lock"
+    deadline = time.time() + 120
+    while not (lock.exists() and str(first.pid) in lock.read_text()):
+        assert time.time() < deadline and first.poll() is None, "the first run never locked"
+        time.sleep(0.05)
+    second = run_cli(*embed_args(inputs, out, tiny_esm_hf))
+    assert first.poll() is None  # still running: the second one did not wait for it
+    assert second.returncode == 1, second.stderr
+    line = one_error_line(second.stderr)
+    assert "in use by another virnucpro run" in line and f"pid {first.pid} on " in line
+    assert socket.gethostname() in line
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    ids, vectors = read_h5(out / "embeddings.h5")
+    assert ids == [rid for rid, _ in protein_records(24, seed=4)] and np.isfinite(vectors).all()
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    assert not lock.exists()  # released and removed at the end
+
+
+def test_stale_lock_and_temporaries_are_cleaned(finished_run, tmp_path, tiny_esm_hf):
+    out = _copy_run(finished_run, tmp_path)
+    dead = _dead_pid()
+    (out / ".virnucpro.lock").write_text(
+        json.dumps({"pid": dead, "host": socket.gethostname(), "command": "embed"})
+    )
+    left = [out / f".run.json.tmp-{dead}", out / "work" / f".job.json.tmp-{dead}"]
+    for path in left:
+        path.write_text("half written")
+    (out / f".embeddings.h5.tmp-{dead}").mkdir()  # an atomic_dir left behind
+    result = run_cli(*embed_args(finished_run[0], out, tiny_esm_hf))
+    assert result.returncode == 0, result.stderr  # the stale lock was taken over
+    assert not any(p.exists() for p in left) and not (out / f".embeddings.h5.tmp-{dead}").exists()
+    assert not (out / ".virnucpro.lock").exists()
+
+
+def test_foreign_directory_refused_untouched(tmp_path, tiny_esm_hf, models):
+    inputs = write_fasta(tmp_path / "p.faa", protein_records(6))
+    out = tmp_path / "mine"
+    (out / "work" / "units").mkdir(parents=True)
+    (out / "embeddings.h5").write_bytes(b"the user's own results")
+    (out / "notes.txt").write_text("do not lose me")
+    (out / "work" / "units" / "keep.h5").write_bytes(b"also mine")
+    before = _snapshot(out)
+    for extra in ([], ["--restart"]):
+        result = run_cli(*embed_args(inputs, out, tiny_esm_hf, *extra))
+        assert result.returncode == 1, result.stderr
+        line = one_error_line(result.stderr)
+        assert "not a virnucpro run directory" in line
+        assert "embeddings.h5" in line and "notes.txt" in line and "work" in line
+        assert _snapshot(out) == before and sorted(os.listdir(out)) == sorted(
+            ["embeddings.h5", "notes.txt", "work"]
+        )
+    # an empty directory is fine (and becomes a run directory)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli(
+        *predict_args(write_fasta(tmp_path / "x.fa", [("s", "GGTTAACTAGCTAGGCCGT")]), empty, models)
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((empty / ".virnucpro-run.json").read_text())["command"] == "predict"
+
+
+def test_run_dir_of_another_command_and_symlinks_refused(finished_run, tmp_path, models):
+    out = _copy_run(finished_run, tmp_path)
+    before = _snapshot(out)
+    fasta = write_fasta(tmp_path / "x.fa", [("s", "GGTTAACTAGCTAGGCCGT")])
+    result = run_cli(*predict_args(fasta, out, models, "--restart"))
+    assert result.returncode == 1, result.stderr
+    assert "is a run directory of `virnucpro embed`" in one_error_line(result.stderr)
+    assert _snapshot(out) == before
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep")
+    (out / "work" / "units").mkdir(exist_ok=True)
+    (out / "work" / "units" / "u0001.h5").symlink_to(target / "precious.txt")
+    result = run_cli(*embed_args(finished_run[0], out, Path("unused"), "--restart"))
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result.stderr)
+    assert "u0001.h5 is a symbolic link" in line
+    assert (target / "precious.txt").read_text() == "keep"
+    assert (out / "work" / "units" / "u0001.h5").is_symlink()
+
+
+def test_garbage_job_json_is_one_line(finished_run, tmp_path, tiny_esm_hf):
+    out = _copy_run(finished_run, tmp_path)
+    (out / "work" / "job.json").write_bytes(b"\x00garbage{")
+    result = run_cli(*embed_args(finished_run[0], out, tiny_esm_hf))
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result.stderr)
+    assert str(out / "work" / "job.json") in line and "--restart" in line
+    result = run_cli("merge", str(out))
+    assert result.returncode == 1 and "job.json" in one_error_line(result.stderr)
+    result = run_cli(*embed_args(finished_run[0], out, tiny_esm_hf, "--restart"))
+    assert result.returncode == 0, result.stderr
+    assert read_h5(out / "embeddings.h5")[0] == read_h5(finished_run[1] / "embeddings.h5")[0]

@@ -267,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     from virnucpro.engine.local import Interrupted
 
     signal.signal(signal.SIGTERM, _terminate)  # outside the worker phase: stop like Ctrl-C
+    from virnucpro.engine.claim import command_claim
+
     try:
-        return args.handler(args)
+        with command_claim(args):  # OUT is ours and ours alone for the run (engine/claim.py)
+            return args.handler(args)
     except Interrupted as exc:
         work = getattr(exc, "work_dir", "the output directory")
         print(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virnucpro.engine.claim import claim_run_dir
 from virnucpro.engine.inputkind import check_input_kind
 from virnucpro.engine.jobstate import JobState, describe_job
 from virnucpro.engine.local import Interrupted, LocalBackend
@@ -129,7 +130,23 @@ def run_embedding_job(
     *,
     desc: str = "embedding",
 ) -> JobResult:
-    """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir)."""
+    """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir).
+
+    ``out_dir`` is claimed for the run (engine/claim.py): absent, empty or an embed run
+    directory, and used by one run at a time.
+    """
+    with claim_run_dir(out_dir, "embed", restart=options.restart):
+        return _run_embedding_job(files, out_dir, spec, options, desc=desc)
+
+
+def _run_embedding_job(
+    files: list[Path],
+    out_dir: Path,
+    spec: EmbedderSpec,
+    options: EngineOptions,
+    *,
+    desc: str = "embedding",
+) -> JobResult:
     started = time.time()
     rd, index, input_check = _open(files, Path(out_dir), spec)
     with _RunLog(rd):
@@ -159,6 +176,11 @@ def run_embedding_job(
 
 def merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> JobResult:
     """Merge and validate the shards computed in ``out_dir`` (``virnucpro merge``)."""
+    with claim_run_dir(out_dir, "embed"):
+        return _merge_job(out_dir, strict=strict, quiet=quiet)
+
+
+def _merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> JobResult:
     started = time.time()
     rd = RunDir(Path(out_dir))
     state = JobState(rd)

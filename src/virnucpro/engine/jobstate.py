@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro import __version__
+from virnucpro.engine.claim import read_record
 from virnucpro.engine.rundir import RunDir
 from virnucpro.errors import VirnucproError
 from virnucpro.io.atomic import atomic_write_json
@@ -45,14 +45,21 @@ class JobState:
         self.rd = rd
         self.shards_dir = rd.work / "shards"
         self.previous: dict | None = None
-        if rd.job.exists():
-            self.previous = json.loads(rd.job.read_text())
+        self.damaged: VirnucproError | None = None  # an unreadable job.json
+        if rd.job.exists() or rd.job.is_symlink():
+            try:
+                self.previous = read_record(rd.job)
+            except VirnucproError as exc:
+                self.damaged = exc
 
     def check(self, description: dict, restart: bool) -> None:
         """Refuse to mix results of a different job; with ``restart`` wipe them instead."""
-        if self.previous is None:
+        if self.damaged is not None and not restart:
+            raise self.damaged
+        if self.previous is None and self.damaged is None:
             return
         if restart:
+            self.damaged = None
             import shutil
 
             shutil.rmtree(self.rd.units, ignore_errors=True)
@@ -108,6 +115,8 @@ class JobState:
         self.previous = record
 
     def spec(self) -> EmbedderSpec:
+        if self.damaged is not None:
+            raise self.damaged
         if not self.previous:
             raise VirnucproError(f"{self.rd.root} holds no virnucpro job (no {self.rd.job.name})")
         data = dict(self.previous["spec"])
@@ -141,7 +150,7 @@ class JobState:
     def shard_records(self) -> list[dict]:
         if not self.shards_dir.exists():
             return []
-        return [json.loads(p.read_text()) for p in sorted(self.shards_dir.glob("*of*.json"))]
+        return [read_record(p, "shard record") for p in sorted(self.shards_dir.glob("*of*.json"))]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
