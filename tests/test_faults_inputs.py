@@ -332,3 +332,37 @@ def test_garbage_job_json_is_one_line(finished_run, tmp_path, tiny_esm_hf):
     result = run_cli(*embed_args(finished_run[0], out, tiny_esm_hf, "--restart"))
     assert result.returncode == 0, result.stderr
     assert read_h5(out / "embeddings.h5")[0] == read_h5(finished_run[1] / "embeddings.h5")[0]
+
+
+def test_shards_share_out_but_not_with_a_whole_run(tmp_path):
+    """Job-array tasks run side by side in one OUT; a whole run waits for none of them."""
+    from virnucpro.engine.claim import RunDirError, claim_run_dir
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from virnucpro.engine.claim import claim_run_dir\n"
+            f"with claim_run_dir({str(out)!r}, 'embed', shard='0of2'):\n"
+            "    print('held', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with claim_run_dir(out, "embed", shard="1of2"):  # another shard: fine
+            pass
+        with pytest.raises(RunDirError, match=r"shard 0of2, pid \d+") as refused:
+            with claim_run_dir(out, "embed", shard="0of2"):  # the same shard: refused
+                pass
+        assert str(holder.pid) in str(refused.value)
+        with pytest.raises(RunDirError, match="in use by another virnucpro run"):
+            with claim_run_dir(out, "embed"):  # a whole run (or merge): refused
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_run_dir(out, "embed"):  # the holder is gone: its locks went with it
+        pass

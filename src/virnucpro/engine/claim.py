@@ -101,7 +101,9 @@ def _check_owner(out: Path, command: str, restart: bool) -> bool:
                 f"{command}`; nothing was touched. Choose another output directory"
             )
         return created
-    entries = sorted(p.name for p in out.iterdir() if not _TEMP.match(p.name) and p.name != LOCK)
+    entries = sorted(
+        p.name for p in out.iterdir() if not _TEMP.match(p.name) and not p.name.startswith(LOCK)
+    )
     legacy = _made_by(out)
     if entries and legacy is None:
         shown = ", ".join(entries[:_SHOWN]) + (", ..." if len(entries) > _SHOWN else "")
@@ -148,28 +150,43 @@ def _holder(path: Path) -> dict:
         return {}
 
 
-def _in_use(out: Path, holder: dict) -> RunDirError:
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
-    what = f"`virnucpro {holder['command']}`, " if holder.get("command") else ""
-    since = f"since {holder['started']}" if holder.get("started") else "start time unknown"
+def _in_use(out: Path, holders: list[dict]) -> RunDirError:
+    described = []
+    for holder in holders or [{}]:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        what = f"`virnucpro {holder['command']}`, " if holder.get("command") else ""
+        shard = f"shard {holder['shard']}, " if holder.get("shard") else ""
+        since = f"since {holder['started']}" if holder.get("started") else "start unknown"
+        described.append(f"{what}{shard}{who}, {since}")
     return RunDirError(
-        f"{out} is in use by another virnucpro run ({what}{who}, {since}); wait for it to "
+        f"{out} is in use by another virnucpro run ({'; '.join(described)}); wait for it to "
         "finish or choose another output directory"
     )
 
 
-def _acquire(out: Path, command: str) -> int:
-    """Take the lock of ``out``; returns its file descriptor."""
-    path = out / LOCK
+def _holders(out: Path) -> list[dict]:
+    """The recorded holders of ``out``'s locks (the whole-directory one, then shards)."""
+    found = [_holder(out / LOCK)]
+    found += [_holder(p) for p in sorted(out.glob(f"{LOCK}.*")) if not _TEMP.match(p.name)]
+    return [h for h in found if h.get("pid")]
+
+
+def _acquire(out: Path, name: str, command: str, *, shared: bool, shard: str | None) -> int:
+    """Take lock file ``out/name`` (shared or exclusive); returns its file descriptor.
+
+    An exclusive holder records itself in the file; a stale record (dead process on this
+    host) is taken over.
+    """
+    path = out / name
     host = socket.gethostname()
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             locked = True
         except BlockingIOError:
             os.close(fd)
-            raise _in_use(out, _holder(path)) from None
+            raise _in_use(out, _holders(out)) from None
         except OSError as exc:  # a file system without flock: fall back to the pid record
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
@@ -182,15 +199,17 @@ def _acquire(out: Path, command: str) -> int:
         if not same:  # removed by its previous holder meanwhile: lock the new file
             os.close(fd)
             continue
+        if shared:
+            return fd
         previous = _holder(path)
         if previous.get("pid") and previous.get("pid") != os.getpid():
             alive = previous.get("host") != host or _pid_alive(int(previous["pid"]))
             if not locked and alive:
                 os.close(fd)
-                raise _in_use(out, previous)
+                raise _in_use(out, [previous])
             log.info(
                 "took over the stale lock of %s (pid %s on %s, no longer running)",
-                out,
+                path,
                 previous.get("pid"),
                 previous.get("host"),
             )
@@ -198,6 +217,7 @@ def _acquire(out: Path, command: str) -> int:
             "pid": os.getpid(),
             "host": host,
             "command": command,
+            "shard": shard,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         os.ftruncate(fd, 0)
@@ -205,14 +225,15 @@ def _acquire(out: Path, command: str) -> int:
         return fd
 
 
-def _release(out: Path, fd: int) -> None:
+def _release(path: Path, fd: int, *, remove: bool) -> None:
     try:
-        (out / LOCK).unlink(missing_ok=True)  # no stale lock file after a clean exit
+        if remove:
+            path.unlink(missing_ok=True)  # no stale lock file after a clean exit
     finally:
         os.close(fd)  # closing releases the flock
 
 
-def _scan(out: Path) -> None:
+def _scan(out: Path, *, clean: bool = True) -> None:
     """Refuse symbolic links under ``out``; remove temporaries of other processes.
 
     Called under the lock: no other run writes in ``out``, so a temporary of another pid
@@ -221,7 +242,7 @@ def _scan(out: Path) -> None:
     me = os.getpid()
     for folder, dirs, files in os.walk(out):
         base = Path(folder)
-        cleanable = base.name not in _SKIP_CLEAN
+        cleanable = clean and base.name not in _SKIP_CLEAN
         for name in [*dirs, *files]:
             path = base / name
             if path.is_symlink():
@@ -240,11 +261,15 @@ def _scan(out: Path) -> None:
 
 
 @contextmanager
-def claim_run_dir(out: str | Path, command: str, *, restart: bool = False) -> Iterator[bool]:
+def claim_run_dir(
+    out: str | Path, command: str, *, restart: bool = False, shard: str | None = None
+) -> Iterator[bool]:
     """Hold ``out`` for one run of ``command``; yields True when this claim created it.
 
-    On a VirnucproError inside, an OUT this claim created is removed again (a bad input
-    leaves no output directory behind).
+    A whole run holds OUT alone. ``shard`` ("IofN"): job-array tasks share OUT with each
+    other (each holds its own shard alone), never with a whole run. On a VirnucproError
+    inside, an OUT this (whole-run) claim created is removed again: a bad input leaves no
+    output directory behind.
     """
     out = Path(out)
     key = os.path.realpath(out)
@@ -258,16 +283,24 @@ def claim_run_dir(out: str | Path, command: str, *, restart: bool = False) -> It
         finally:
             _held[key][1] -= 1
         return
-    created = _check_owner(out, command, restart)
+    created = _check_owner(out, command, restart) and shard is None
+    fds: list[tuple[Path, int, bool]] = []
     try:
-        fd = _acquire(out, command)
+        fds.append(
+            (out / LOCK, _acquire(out, LOCK, command, shared=bool(shard), shard=shard), not shard)
+        )
+        if shard:
+            name = f"{LOCK}.{shard}"
+            fds.append((out / name, _acquire(out, name, command, shared=False, shard=shard), True))
     except BaseException:
+        for _path, fd, _remove in fds:
+            os.close(fd)
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
     _held[key] = [command, 1]
     try:
-        _scan(out)
+        _scan(out, clean=not shard)  # other shards may be writing: clean only when alone
         yield created
     except VirnucproError:
         if created:
@@ -275,10 +308,19 @@ def claim_run_dir(out: str | Path, command: str, *, restart: bool = False) -> It
         raise
     finally:
         del _held[key]
-        if out.is_dir():
-            _release(out, fd)
-        else:
-            os.close(fd)
+        for path, fd, remove in reversed(fds):
+            _release(path, fd, remove=remove and out.is_dir())
+
+
+def shard_label(text: object) -> str | None:
+    """``"I/N"`` or ``(I, N)`` as ``"IofN"``; None when not a shard (or malformed)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in (text.split("/") if isinstance(text, str) else text))
+    except (TypeError, ValueError):
+        return None
+    return f"{i}of{n}"
 
 
 def command_claim(args) -> AbstractContextManager:
@@ -287,4 +329,9 @@ def command_claim(args) -> AbstractContextManager:
     out = getattr(args, "output_dir", None)
     if command is None or out is None:
         return nullcontext()
-    return claim_run_dir(out, command, restart=bool(getattr(args, "restart", False)))
+    return claim_run_dir(
+        out,
+        command,
+        restart=bool(getattr(args, "restart", False)),
+        shard=shard_label(getattr(args, "shard", None)),
+    )

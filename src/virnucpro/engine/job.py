@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.engine.claim import claim_run_dir
+from virnucpro.engine.claim import claim_run_dir, shard_label
 from virnucpro.engine.inputkind import check_input_kind
 from virnucpro.engine.jobstate import JobState, describe_job
 from virnucpro.engine.local import Interrupted, LocalBackend
@@ -135,7 +135,7 @@ def run_embedding_job(
     ``out_dir`` is claimed for the run (engine/claim.py): absent, empty or an embed run
     directory, and used by one run at a time.
     """
-    with claim_run_dir(out_dir, "embed", restart=options.restart):
+    with claim_run_dir(out_dir, "embed", restart=options.restart, shard=shard_label(options.shard)):
         return _run_embedding_job(files, out_dir, spec, options, desc=desc)
 
 
