@@ -366,3 +366,84 @@ def test_shards_share_out_but_not_with_a_whole_run(tmp_path):
         holder.wait()
     with claim_run_dir(out, "embed"):  # the holder is gone: its locks went with it
         pass
+
+
+# -- item 12: the API tells the truth ------------------------------------------------------
+
+
+def test_run_esm2_multi_gpu_raises_on_one_poison_sequence(tmp_path, tiny_esm_hf, monkeypatch):
+    from virnucpro import run_esm2_multi_gpu, run_multi_gpu_inference
+
+    records = protein_records(8, seed=11)
+    inputs = write_fasta(tmp_path / "p.faa", records)
+    poison = records[3][0]
+    out = tmp_path / "api"
+    options = {"devices": "cpu", "tokens_per_batch": 512, "unit_tokens": 120, "quiet": True}
+    monkeypatch.setenv("VIRNUCPRO_TEST_CRASH_ID", poison)  # kills every worker that embeds it
+    with pytest.raises(RuntimeError) as raised:  # default retries: the poison is isolated
+        run_esm2_multi_gpu([inputs], out, world_size=1, model_name=str(tiny_esm_hf), **options)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"{len(records) - 1} of {len(records)} sequences embedded" in message
+    assert f"1 failed (listed in {out / 'failed.tsv'})" in message
+    assert (out / "failed.tsv").read_text().splitlines()[1].split("\t")[0] == poison
+    with h5py.File(out / "embeddings.h5") as f:
+        assert f.attrs["status"] == "partial"
+        assert (f.attrs["expected"], f.attrs["embedded"], f.attrs["failed"]) == (8, 7, 1)
+        assert f.attrs["missing"] == 0
+    # run_multi_gpu_inference keeps its contract: (path, failed ranks), no exception
+    path, failed_ranks = run_multi_gpu_inference([inputs], out, str(tiny_esm_hf), 1, **options)
+    assert path == out / "embeddings.h5" and failed_ranks == []
+    # a plain resume keeps the failure; --retry-failed computes it again
+    monkeypatch.delenv("VIRNUCPRO_TEST_CRASH_ID")
+    with pytest.raises(RuntimeError, match="1 failed"):
+        run_esm2_multi_gpu([inputs], out, world_size=1, model_name=str(tiny_esm_hf), **options)
+    path = run_esm2_multi_gpu(
+        [inputs], out, world_size=1, model_name=str(tiny_esm_hf), retry_failed=True, **options
+    )
+    assert read_h5(path)[0] == [rid for rid, _ in records]
+    with h5py.File(path) as f:
+        assert f.attrs["status"] == "complete" and f.attrs["failed"] == 0
+    report = json.loads((out / "run.json").read_text())
+    assert report["units"]["failed_retried"] == 1 and not (out / "failed.tsv").exists()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_api_example() -> str:
+    text = README.read_text()
+    start = text.index("### Python API")
+    block = text[text.index("```python", start) + len("```python") : text.index("```\n", start)]
+    return block
+
+
+def test_readme_api_example_runs_as_a_script(tmp_path, tiny_esm_hf):
+    (tmp_path / "a.faa").write_text(
+        "".join(f">{rid}\n{seq}\n" for rid, seq in protein_records(6, seed=2))
+    )
+    code = _readme_api_example()
+    assert 'if __name__ == "__main__":' in code
+    script = tmp_path / "example.py"
+    script.write_text(
+        code.replace('"esm2_t33_650M_UR50D"', repr(str(tiny_esm_hf))).replace(
+            "world_size=4", "world_size=1"
+        )
+        + "    print(len(ids), vectors.shape)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "6"
+    # the same calls without the guard: one line that says what to do, before any work
+    unguarded = tmp_path / "unguarded.py"
+    lines = [line.strip() for line in code.splitlines()]
+    unguarded.write_text("\n".join(line for line in lines if line and "__name__" not in line))
+    result = subprocess.run(
+        [sys.executable, str(unguarded)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: virnucpro starts its workers with the 'spawn' method")
+    assert 'if __name__ == "__main__":' in last and "bootstrapping" not in result.stderr

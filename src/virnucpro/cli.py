@@ -87,6 +87,11 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         help="discard the results of an earlier run in the output directory",
     )
     g.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="compute again the sequences an earlier run isolated as failed (failed.tsv)",
+    )
+    g.add_argument(
         "--backend",
         choices=["local", "ray"],
         default="local",
@@ -186,6 +191,7 @@ def engine_kwargs(args) -> dict:
         "backend": args.backend,
         "ray_address": args.ray_address,
         "shard": args.shard,
+        "retry_failed": args.retry_failed,
     }
 
 

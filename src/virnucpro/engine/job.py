@@ -23,6 +23,7 @@ from virnucpro.engine.local import Interrupted, LocalBackend
 from virnucpro.engine.merge import committed_positions, merge_units
 from virnucpro.engine.progress import Progress
 from virnucpro.engine.report import attributes, build_report
+from virnucpro.engine.retry import forget_failures
 from virnucpro.engine.rundir import RunDir
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.unitfile import UnitResult, read_unit, write_unit
@@ -50,6 +51,7 @@ class EngineOptions:
     backend: str = "local"  # "local" or "ray"
     ray_address: str | None = None
     shard: tuple[int, int] | None = None  # compute only stride shard I of N
+    retry_failed: bool = False  # compute again what earlier runs isolated as failed
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RunOutcome:
     missing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     missing_reasons: list[str] = field(default_factory=list)
     input_check: dict = field(default_factory=dict)  # engine/inputkind.py
+    failed_retried: int = 0  # failed sequences made pending by --retry-failed
 
 
 def _tsv(path: Path, header: str, rows: list[tuple]) -> None:
@@ -160,6 +163,7 @@ def _run_embedding_job(
         state = JobState(rd)
         description = describe_job(index, spec)
         state.check(description, options.restart)
+        retried = forget_failures(rd.units) if options.retry_failed else 0
         if options.shard is None and state.complete:
             log.info("%s is already complete; nothing to do", rd.output)
             report = state.previous.get("report", {})
@@ -168,6 +172,7 @@ def _run_embedding_job(
         compute_started = time.time()
         outcome = _compute(index, rd, spec, options, desc, run_number, started, timings)
         outcome.input_check = input_check
+        outcome.failed_retried = retried
         timings["compute"] = time.time() - compute_started
         if options.shard is not None:
             return _finish_shard(index, rd, state, spec, options, outcome, started, timings)
@@ -449,6 +454,7 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
         failed=int(failed_pos.size),
     )
     report["input_check"] = outcome.input_check
+    report["units"]["failed_retried"] = outcome.failed_retried
     if partial and options.strict:
         report["status"] = "failed (strict)"
         atomic_write_json(rd.report, report)
@@ -471,7 +477,14 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
         outputs=outputs,
         dim=dim,
         per_token=spec.per_token,
-        attrs=attributes(index, spec, outcome.workers),
+        attrs={
+            **attributes(index, spec, outcome.workers),
+            "status": status,  # complete | partial: what a reader of this file alone needs
+            "expected": len(index),
+            "embedded": int(done.size),
+            "missing": int(missing.size),
+            "failed": int(failed_pos.size),
+        },
     )
     timings["merge"] = time.time() - merge_started
     report["counts"]["truncated"] = result.truncated
