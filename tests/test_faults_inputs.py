@@ -329,9 +329,14 @@ def test_garbage_job_json_is_one_line(finished_run, tmp_path, tiny_esm_hf):
     assert str(out / "work" / "job.json") in line and "--restart" in line
     result = run_cli("merge", str(out))
     assert result.returncode == 1 and "job.json" in one_error_line(result.stderr)
+    (out / "work" / "units").mkdir(exist_ok=True)
+    (out / "work" / "units" / "my_notes.txt").write_text("not virnucpro's")
     result = run_cli(*embed_args(finished_run[0], out, tiny_esm_hf, "--restart"))
     assert result.returncode == 0, result.stderr
     assert read_h5(out / "embeddings.h5")[0] == read_h5(finished_run[1] / "embeddings.h5")[0]
+    # --restart and the clean-up after a complete run removed only what virnucpro wrote
+    assert (out / "work" / "units" / "my_notes.txt").read_text() == "not virnucpro's"
+    assert [p.name for p in (out / "work" / "units").iterdir()] == ["my_notes.txt"]
 
 
 def test_shards_share_out_but_not_with_a_whole_run(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 
 from virnucpro.engine.claim import claim_run_dir, shard_label
 from virnucpro.engine.inputkind import check_input_kind
-from virnucpro.engine.jobstate import JobState, describe_job
+from virnucpro.engine.jobstate import JobState, describe_job, remove_own
 from virnucpro.engine.local import Interrupted, LocalBackend
 from virnucpro.engine.merge import committed_positions, merge_units
 from virnucpro.engine.progress import Progress
@@ -492,7 +492,7 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
     atomic_write_json(rd.report, report)
     state.write(describe_job(index, spec), spec, status, runs=runs, report=report)
     if not partial:
-        shutil.rmtree(rd.units, ignore_errors=True)
+        remove_own(rd.units, "*.h5")  # committed units, now merged; nothing that is not ours
     failed_ranks = [w.rank for w in outcome.workers if w.status == "failed"]
     return JobResult(
         rd.output,

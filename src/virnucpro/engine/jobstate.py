@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +61,8 @@ class JobState:
             return
         if restart:
             self.damaged = None
-            import shutil
-
-            shutil.rmtree(self.rd.units, ignore_errors=True)
-            shutil.rmtree(self.shards_dir, ignore_errors=True)
+            remove_own(self.rd.units, "*.h5")  # only what virnucpro wrote there
+            remove_own(self.shards_dir, "*of*.json")
             self.rd.units.mkdir(parents=True, exist_ok=True)
             for path in (self.rd.output, self.rd.missing, self.rd.failed, self.rd.report):
                 path.unlink(missing_ok=True)
@@ -151,6 +150,20 @@ class JobState:
         if not self.shards_dir.exists():
             return []
         return [read_record(p, "shard record") for p in sorted(self.shards_dir.glob("*of*.json"))]
+
+
+def remove_own(folder: Path, pattern: str) -> None:
+    """Remove ``folder``'s files named like ``pattern`` and their temporaries (``.*.tmp-*``);
+    then ``folder`` itself if nothing else is left in it."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_file() and (fnmatch(path.name, pattern) or ".tmp-" in path.name):
+            path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # something that is not ours is left: keep it
+        pass
 
 
 def parse_shard(text: str) -> tuple[int, int]:
