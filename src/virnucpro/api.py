@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from virnucpro.apiguard import check_main_guard
 from virnucpro.engine.devices import resolve_devices, threads_per_worker
 from virnucpro.engine.job import EngineOptions, JobResult, merge_job, run_embedding_job
 from virnucpro.engine.jobstate import parse_shard
@@ -99,8 +100,13 @@ def embed(
     ray_address: str | None = None,
     shard: tuple[int, int] | str | None = None,
     desc: str = "embedding",
+    retry_failed: bool = False,
 ) -> JobResult:
-    """Run one embedding job; returns its JobResult (exit code, counts, failed ranks)."""
+    """Run one embedding job; returns its JobResult (exit code, counts, failed ranks).
+
+    ``retry_failed``: sequences isolated as failed by an earlier run are computed again.
+    """
+    check_main_guard()
     if isinstance(fasta_files, (str, Path)):
         fasta_files = [fasta_files]
     if isinstance(shard, str):
@@ -124,6 +130,7 @@ def embed(
         backend=backend,
         ray_address=ray_address,
         shard=shard,
+        retry_failed=retry_failed,
     )
     return run_embedding_job(
         [Path(f) for f in fasta_files], Path(output_dir), spec, options, desc=desc
@@ -162,9 +169,12 @@ def run_multi_gpu_inference(
     per visible GPU, or one CPU worker when there is none. Returns the output path and the
     ranks that failed (their missing sequences are listed in ``output_dir/missing.tsv``).
     Options: devices, tokens_per_batch, unit_tokens, max_retries, worker_timeout, strict,
-    restart, quiet, backend ("local" or "ray"), ray_address, shard ("I/N"), models_dir (a
-    folder written by ``virnucpro download --dest``; default ``$VIRNUCPRO_MODELS``).
+    restart, retry_failed, quiet, backend ("local" or "ray"), ray_address, shard ("I/N"),
+    models_dir (a folder written by ``virnucpro download --dest``; default
+    ``$VIRNUCPRO_MODELS``). Workers are spawned: call this under
+    ``if __name__ == "__main__":`` in a script.
     """
+    check_main_guard()
     spec = _spec_from_config(model_config, options)
     result = embed(fasta_files, output_dir, spec, world_size=world_size, **options)
     return result.output, result.failed_ranks
@@ -177,15 +187,39 @@ def run_esm2_multi_gpu(
     model_name: str = DEFAULT_ESM2,
     **options,
 ) -> Path:
-    """Like ``run_multi_gpu_inference`` for ESM-2, but raises RuntimeError if any rank failed."""
-    model_config = {"model": model_name}
-    output, failed = run_multi_gpu_inference(
-        fasta_files, output_dir, model_config, world_size, **options
+    """Like ``run_multi_gpu_inference`` for ESM-2, but returns only a complete result.
+
+    Raises RuntimeError when any sequence is missing or failed (whether or not a rank
+    failed); the message gives the counts and the files that list them. A partial
+    ``embeddings.h5`` is still written (its ``status`` attribute says ``partial``).
+    """
+    check_main_guard()
+    spec = _spec_from_config({"model": model_name}, options)
+    result = embed(fasta_files, output_dir, spec, world_size=world_size, **options)
+    if result.exit_code != 0:
+        raise RuntimeError(incomplete_message(result, Path(output_dir)))
+    return result.output
+
+
+def incomplete_message(result: JobResult, output_dir: Path) -> str:
+    """One line: how many sequences are missing or failed, and where they are listed."""
+    parts = []
+    if result.missing:
+        parts.append(f"{result.missing} missing (listed in {output_dir / 'missing.tsv'})")
+    if result.failed:
+        parts.append(f"{result.failed} failed (listed in {output_dir / 'failed.tsv'})")
+    ranks = (
+        f"; failed rank(s): {', '.join(map(str, result.failed_ranks))}"
+        if result.failed_ranks
+        else ""
     )
-    if failed:
-        raise RuntimeError(
-            f"ESM-2 embedding failed on rank(s) {', '.join(map(str, failed))}; "
-            f"the output {output} holds only the completed sequences "
-            f"(missing ones are listed in {Path(output_dir) / 'missing.tsv'})"
-        )
-    return output
+    where = (
+        f"the output {result.output} holds only the embedded sequences"
+        if result.output
+        else ("nothing was merged")
+    )
+    return (
+        f"ESM-2 embedding incomplete: {result.embedded} of {result.expected} sequences "
+        f"embedded, {'; '.join(parts) or 'some not computed'}{ranks}; {where}. Run again to "
+        "compute missing ones (--retry-failed / retry_failed=True also retries failed ones)"
+    )

@@ -116,6 +116,11 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         help="discard the results of an earlier run in the output directory",
     )
     g.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="compute again the sequences an earlier run isolated as failed (failed.tsv)",
+    )
+    g.add_argument(
         "--backend",
         choices=["local", "ray"],
         default="local",
@@ -224,6 +229,7 @@ def engine_kwargs(args) -> dict:
         "backend": args.backend,
         "ray_address": args.ray_address,
         "shard": args.shard,
+        "retry_failed": args.retry_failed,
     }
 
 
@@ -329,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     from virnucpro.engine.local import Interrupted
 
     signal.signal(signal.SIGTERM, _terminate)  # outside the worker phase: stop like Ctrl-C
+    from virnucpro.engine.claim import command_claim
+
     try:
-        with _errors_only(args.quiet):
+        with _errors_only(args.quiet), command_claim(args):  # OUT is ours (engine/claim.py)
             return args.handler(args)
     except Interrupted as exc:
         work = getattr(exc, "work_dir", "the output directory")

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from virnucpro.engine.claim import claim_run_dir, shard_label
 from virnucpro.engine.inputkind import check_input_kind
-from virnucpro.engine.jobstate import JobState, describe_job, job_tag
+from virnucpro.engine.jobstate import JobState, describe_job, job_tag, remove_own
 from virnucpro.engine.local import Interrupted, LocalBackend
 from virnucpro.engine.merge import committed_positions, merge_units
 from virnucpro.engine.progress import Progress
 from virnucpro.engine.quarantine import check_units
 from virnucpro.engine.report import attributes, build_report
+from virnucpro.engine.retry import forget_failures
 from virnucpro.engine.rundir import RunDir
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.unitfile import UnitResult, read_unit, write_unit
@@ -51,6 +53,7 @@ class EngineOptions:
     backend: str = "local"  # "local" or "ray"
     ray_address: str | None = None
     shard: tuple[int, int] | None = None  # compute only stride shard I of N
+    retry_failed: bool = False  # compute again what earlier runs isolated as failed
 
 
 @dataclass
@@ -79,6 +82,7 @@ class RunOutcome:
     missing_reasons: list[str] = field(default_factory=list)
     input_check: dict = field(default_factory=dict)  # engine/inputkind.py
     quarantined: list[dict] = field(default_factory=list)  # unit files moved to work/quarantine
+    failed_retried: int = 0  # failed sequences made pending by --retry-failed
 
 
 def _tsv(path: Path, header: str, rows: list[tuple]) -> None:
@@ -132,7 +136,23 @@ def run_embedding_job(
     *,
     desc: str = "embedding",
 ) -> JobResult:
-    """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir)."""
+    """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir).
+
+    ``out_dir`` is claimed for the run (engine/claim.py): absent, empty or an embed run
+    directory, and used by one run at a time.
+    """
+    with claim_run_dir(out_dir, "embed", restart=options.restart, shard=shard_label(options.shard)):
+        return _run_embedding_job(files, out_dir, spec, options, desc=desc)
+
+
+def _run_embedding_job(
+    files: list[Path],
+    out_dir: Path,
+    spec: EmbedderSpec,
+    options: EngineOptions,
+    *,
+    desc: str = "embedding",
+) -> JobResult:
     started = time.time()
     rd, index, input_check = _open(files, Path(out_dir), spec)
     with _RunLog(rd):
@@ -146,6 +166,7 @@ def run_embedding_job(
         state = JobState(rd)
         description = describe_job(index, spec)
         state.check(description, options.restart)
+        retried = forget_failures(rd.units) if options.retry_failed else 0
         if options.shard is None and state.complete:
             log.info("%s is already complete; nothing to do", rd.output)
             report = state.previous.get("report", {})
@@ -154,6 +175,7 @@ def run_embedding_job(
         compute_started = time.time()
         outcome = _compute(index, rd, spec, options, desc, run_number, started, timings)
         outcome.input_check = input_check
+        outcome.failed_retried = retried
         timings["compute"] = time.time() - compute_started
         if options.shard is not None:
             return _finish_shard(index, rd, state, spec, options, outcome, started, timings)
@@ -162,6 +184,11 @@ def run_embedding_job(
 
 def merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> JobResult:
     """Merge and validate the shards computed in ``out_dir`` (``virnucpro merge``)."""
+    with claim_run_dir(out_dir, "embed"):
+        return _merge_job(out_dir, strict=strict, quiet=quiet)
+
+
+def _merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> JobResult:
     started = time.time()
     rd = RunDir(Path(out_dir))
     state = JobState(rd)
@@ -456,6 +483,7 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
         failed=int(failed_pos.size),
     )
     report["input_check"] = outcome.input_check
+    report["units"]["failed_retried"] = outcome.failed_retried
     if partial and options.strict:
         report["status"] = "failed (strict)"
         atomic_write_json(rd.report, report)
@@ -478,7 +506,14 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
         outputs=outputs,
         dim=dim,
         per_token=spec.per_token,
-        attrs=attributes(index, spec, outcome.workers),
+        attrs={
+            **attributes(index, spec, outcome.workers),
+            "status": status,  # complete | partial: what a reader of this file alone needs
+            "expected": len(index),
+            "embedded": int(done.size),
+            "missing": int(missing.size),
+            "failed": int(failed_pos.size),
+        },
     )
     timings["merge"] = time.time() - merge_started
     report["counts"]["truncated"] = result.truncated
@@ -486,7 +521,7 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
     atomic_write_json(rd.report, report)
     state.write(describe_job(index, spec), spec, status, runs=runs, report=report)
     if not partial:
-        shutil.rmtree(rd.units, ignore_errors=True)
+        remove_own(rd.units, "*.h5")  # committed units, now merged; nothing that is not ours
     failed_ranks = [w.rank for w in outcome.workers if w.status == "failed"]
     return JobResult(
         rd.output,

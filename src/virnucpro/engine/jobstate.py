@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro import __version__
+from virnucpro.engine.claim import read_record
 from virnucpro.engine.rundir import RunDir
 from virnucpro.errors import VirnucproError
 from virnucpro.io.atomic import atomic_write_json
@@ -65,18 +67,23 @@ class JobState:
         self.rd = rd
         self.shards_dir = rd.work / "shards"
         self.previous: dict | None = None
-        if rd.job.exists():
-            self.previous = json.loads(rd.job.read_text())
+        self.damaged: VirnucproError | None = None  # an unreadable job.json
+        if rd.job.exists() or rd.job.is_symlink():
+            try:
+                self.previous = read_record(rd.job)
+            except VirnucproError as exc:
+                self.damaged = exc
 
     def check(self, description: dict, restart: bool) -> None:
         """Refuse to mix results of a different job; with ``restart`` wipe them instead."""
-        if self.previous is None:
+        if self.damaged is not None and not restart:
+            raise self.damaged
+        if self.previous is None and self.damaged is None:
             return
         if restart:
-            import shutil
-
-            shutil.rmtree(self.rd.units, ignore_errors=True)
-            shutil.rmtree(self.shards_dir, ignore_errors=True)
+            self.damaged = None
+            remove_own(self.rd.units, "*.h5")  # only what virnucpro wrote there
+            remove_own(self.shards_dir, "*of*.json")
             self.rd.units.mkdir(parents=True, exist_ok=True)
             for path in (self.rd.output, self.rd.missing, self.rd.failed, self.rd.report):
                 path.unlink(missing_ok=True)
@@ -128,6 +135,8 @@ class JobState:
         self.previous = record
 
     def spec(self) -> EmbedderSpec:
+        if self.damaged is not None:
+            raise self.damaged
         if not self.previous:
             raise VirnucproError(f"{self.rd.root} holds no virnucpro job (no {self.rd.job.name})")
         data = dict(self.previous["spec"])
@@ -161,7 +170,21 @@ class JobState:
     def shard_records(self) -> list[dict]:
         if not self.shards_dir.exists():
             return []
-        return [json.loads(p.read_text()) for p in sorted(self.shards_dir.glob("*of*.json"))]
+        return [read_record(p, "shard record") for p in sorted(self.shards_dir.glob("*of*.json"))]
+
+
+def remove_own(folder: Path, pattern: str) -> None:
+    """Remove ``folder``'s files named like ``pattern`` and their temporaries (``.*.tmp-*``);
+    then ``folder`` itself if nothing else is left in it."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_file() and (fnmatch(path.name, pattern) or ".tmp-" in path.name):
+            path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # something that is not ours is left: keep it
+        pass
 
 
 def parse_shard(text: str) -> tuple[int, int]:

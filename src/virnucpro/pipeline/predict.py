@@ -12,7 +12,6 @@ OUT/stages/dnabert_s/, OUT/stages/esm2/   engine run directories (resumable)
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 import shutil
@@ -23,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from virnucpro import __version__
+from virnucpro.engine.claim import read_record
 from virnucpro.errors import InputError, ModelError, VirnucproError
 from virnucpro.io.atomic import atomic_path, atomic_write_json
 from virnucpro.io.fasta import read_records
@@ -60,7 +60,9 @@ class PredictResult:
     counts: dict
 
 
-def stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool):
+def stage_translate(
+    input_path: Path, stage: Path, chunk_size: int, quiet: bool, restart: bool = False
+):
     """Translate once; reuse the outputs while the input and chunk size are unchanged."""
     marker = stage / "done.json"
     stat = input_path.stat()
@@ -73,8 +75,8 @@ def stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool)
     }
     paths = output_paths(input_path, stage, chunk_size)
     records_tsv = stage / "records.tsv"
-    if marker.exists():
-        saved = json.loads(marker.read_text())
+    if marker.exists() and not restart:
+        saved = read_record(marker, "translate record")
         if saved.get("key") == key and all(p.exists() for p in paths) and records_tsv.exists():
             return saved["result"], paths, records_tsv, True
     stage.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,15 @@ def stage_translate(input_path: Path, stage: Path, chunk_size: int, quiet: bool)
 
 def read_records_table(path: Path, input_path: Path) -> list[tuple[str, int, int, int]]:
     """(id, length, chunks, frames kept) of every record of translate's records.tsv."""
+    try:
+        return _records_rows(path, input_path)
+    except (OSError, ValueError, StopIteration) as exc:
+        raise InputError(
+            f"{path}: unreadable run record ({exc or 'empty'}); re-run with --restart"
+        ) from None
+
+
+def _records_rows(path: Path, input_path: Path) -> list[tuple[str, int, int, int]]:
     rows = []
     seen: dict[str, int] = {}
     with open(path) as f:
@@ -176,7 +187,11 @@ def run_predict(
         quiet = bool(options.engine.get("quiet"))
         log.info("stage translate: %s, chunks of %d", input_path, options.chunk_size)
         translated, (chunked, nucleotides, proteins), records_tsv, reused = stage_translate(
-            input_path, out_dir / "stages" / "translate", options.chunk_size, quiet
+            input_path,
+            out_dir / "stages" / "translate",
+            options.chunk_size,
+            quiet,
+            bool(options.engine.get("restart")),
         )
         records = read_records_table(records_tsv, input_path)
         timings["translate"] = time.time() - t
