@@ -30,6 +30,7 @@ from virnucpro.engine.units import Unit, default_unit_tokens, plan_units
 from virnucpro.engine.worker import WorkerConfig
 from virnucpro.errors import VirnucproError
 from virnucpro.io.atomic import atomic_write_json, atomic_write_text
+from virnucpro.io.diskerrors import QuietFileHandler, disk_errors
 from virnucpro.io.index import SequenceIndex, build_or_load
 from virnucpro.models.base import EmbedderSpec, planning_tokens
 
@@ -103,7 +104,7 @@ class _RunLog:
     """Attach ``logs/run.log`` to the package logger for the duration of a job."""
 
     def __init__(self, rd: RunDir) -> None:
-        self.handler = logging.FileHandler(rd.logs / "run.log")
+        self.handler = QuietFileHandler(rd.logs / "run.log")
         self.handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
         )
@@ -127,7 +128,21 @@ def run_embedding_job(
     *,
     desc: str = "embedding",
 ) -> JobResult:
-    """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir)."""
+    """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir).
+
+    A full or read-only disk anywhere raises DiskError (one line naming the path)."""
+    with disk_errors(Path(out_dir)):
+        return _run_embedding_job(files, out_dir, spec, options, desc=desc)
+
+
+def _run_embedding_job(
+    files: list[Path],
+    out_dir: Path,
+    spec: EmbedderSpec,
+    options: EngineOptions,
+    *,
+    desc: str = "embedding",
+) -> JobResult:
     started = time.time()
     rd, index = _open(files, Path(out_dir))
     with _RunLog(rd):
@@ -156,6 +171,11 @@ def run_embedding_job(
 
 def merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> JobResult:
     """Merge and validate the shards computed in ``out_dir`` (``virnucpro merge``)."""
+    with disk_errors(Path(out_dir)):
+        return _merge_job(out_dir, strict=strict, quiet=quiet)
+
+
+def _merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> JobResult:
     started = time.time()
     rd = RunDir(Path(out_dir))
     state = JobState(rd)

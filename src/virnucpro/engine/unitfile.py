@@ -8,6 +8,7 @@ or not at all. A sha256 over EVERY dataset it holds (and its key and job tag) is
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ import h5py
 import numpy as np
 
 from virnucpro.errors import ValidationError
-from virnucpro.io.diskerrors import disk_error, is_disk_error
+from virnucpro.io.diskerrors import check_free_space, disk_error, is_disk_error
 
 FORMAT_VERSION = 2  # 2: the checksum covers every dataset, the key and the job tag
 HASH_BLOCK_ROWS = 1 << 14
+IN_MEMORY_BYTES = 256 << 20  # units up to this size are built in memory, then written
 
 
 @dataclass
@@ -127,7 +129,12 @@ def write_unit(units_dir: Path, result: UnitResult, *, job: str = "") -> Path:
     final = unit_path(units_dir, result.key)
     tmp = units_dir / f".{result.key}.h5.tmp-{socket.gethostname()}-{os.getpid()}"  # shared storage
     try:
-        _write(tmp, result, job)
+        needed = _nbytes(result)
+        check_free_space(units_dir, needed)
+        if needed <= IN_MEMORY_BYTES:
+            _write_image(tmp, result, job)
+        else:
+            _write(tmp, result, job)
         os.replace(tmp, final)
         fd = os.open(units_dir, os.O_RDONLY)
         try:
@@ -147,7 +154,18 @@ def _nbytes(result: UnitResult) -> int:
     return size + sum(t.nbytes for t in result.per_token or [])
 
 
-def _write(tmp: Path, result: UnitResult, job: str) -> None:
+def _write_image(tmp: Path, result: UnitResult, job: str) -> None:
+    """Build the HDF5 file in memory, then write its bytes with plain file writes: a full disk
+    is then an ordinary OSError (the HDF5 library can crash when a write of its own fails)."""
+    image = io.BytesIO()
+    _write(image, result, job)
+    with open(tmp, "wb") as fh:
+        fh.write(image.getbuffer())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write(tmp: Path | io.BytesIO, result: UnitResult, job: str) -> None:
     n = len(result)
     with h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
@@ -177,8 +195,9 @@ def _write(tmp: Path, result: UnitResult, job: str) -> None:
             f.create_dataset("per_token", data=flat)
             f.create_dataset("per_token_sizes", data=sizes)
         f.flush()
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
+    if isinstance(tmp, Path):
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
 
 
 def read_unit(path: Path, *, verify: bool = True) -> UnitResult:
