@@ -21,7 +21,7 @@ from virnucpro.errors import ValidationError
 from virnucpro.io.diskerrors import check_free_space, disk_error, is_disk_error
 
 FORMAT_VERSION = 2  # 2: the checksum covers every dataset, the key and the job tag
-HASH_BLOCK_ROWS = 1 << 14
+HASH_BLOCK_BYTES = 32 << 20  # rows are hashed in blocks of about this size
 IN_MEMORY_BYTES = 256 << 20  # units up to this size are built in memory, then written
 
 
@@ -54,8 +54,10 @@ class _Digest:
         shape = tuple(int(d) for d in data.shape)
         self.h.update(f"{name}\0{dtype}\0{shape}\0".encode())
         rows = shape[0] if shape else 0
-        for start in range(0, rows, HASH_BLOCK_ROWS):
-            block = np.asarray(data[start : start + HASH_BLOCK_ROWS])
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        step = max(1, HASH_BLOCK_BYTES // max(1, row_bytes))
+        for start in range(0, rows, step):
+            block = np.asarray(data[start : start + step])
             self.h.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
 
     def strings(self, name: str, values) -> None:

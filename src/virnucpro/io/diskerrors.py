@@ -98,10 +98,10 @@ def check_free_space(folder: Path, needed: int, target: Path | None = None) -> N
     """DiskError (naming ``target``, else ``folder``) before a write of about ``needed`` bytes
     that cannot fit on ``folder``'s disk."""
     try:
-        free = shutil.disk_usage(folder).free
+        usage = shutil.disk_usage(folder)
     except OSError:
         return
-    if free < needed:
+    if usage.total > 0 and usage.free < needed:  # some network/FUSE file systems report 0s
         full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         raise disk_error(full, target or folder, needed=needed)
 
