@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,3 +280,73 @@ def test_worker_stopped_during_model_load_is_timed_out(
     [death] = r["workers"][0]["deaths"]
     assert "killed by SIGKILL: no heartbeat for 20 s while starting (import or model load)" in death
     assert r["respawns"] == 1 and r["units"]["retries"] == 0
+
+
+# -- item 9: full and read-only disks ------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 256 kB tmpfs mounted for the test (root only; skipped with the reason otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (this test runs as an ordinary user)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def remount(disk: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(disk)], check=True)
+
+
+def one_line_error(code: int, stderr: str, *needles: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, stderr)
+
+
+def test_full_and_read_only_disks(
+    runner, tmp_path, small_disk, proteins, tiny_esm_hf, per_token_reference
+):
+    ref = {k: v for k, v in per_token_reference.items() if k != "planned"}
+    out = small_disk / "out"
+    args = embed_args(proteins, out, tiny_esm_hf, "--per-token", unit_tokens=300)
+
+    remount(small_disk, "ro")
+    code, stderr = runner.run(*args)
+    one_line_error(code, stderr, "read-only file system: cannot write", str(out))
+    remount(small_disk, "rw")
+
+    # 256 kB: the index and the first unit fit, the second unit does not (the worker's write)
+    code, stderr = runner.run(*args)
+    units = out / "work" / "units"
+    one_line_error(code, stderr, "no space left on device", str(units), "needs about", "free")
+    assert (out / "logs" / "run.log").read_text().count("started on cpu") == 1  # no respawn
+    assert n_committed(out) >= 1  # committed work is kept
+    assert not list(units.glob(".*tmp*"))  # nothing half-written left to fill the disk
+
+    # enough room for the units, not for the merge: one line with the size it needs
+    remount(small_disk, "size=64m")
+    code, stderr = runner.run(*args, "--shard", "0/1")
+    assert code == 0, stderr
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh:
+        os.posix_fallocate(fh.fileno(), 0, shutil.disk_usage(small_disk).free - 300_000)
+    code, stderr = runner.run("merge", str(out), "--quiet")
+    one_line_error(code, stderr, "no space left on device", "embeddings.h5", "needs about")
+    assert not list(out.glob(".embeddings.h5.tmp-*"))
+
+    filler.unlink()
+    code, stderr = runner.run(*args)  # the same command, after freeing space
+    assert code == 0, stderr
+    assert_same_output(out, ref)

@@ -303,13 +303,19 @@ def claim_run_dir(
         _scan(out, clean=not shard)  # other shards may be writing: clean only when alone
         yield created
     except VirnucproError:
-        if created:
+        if created and not _holds_committed_work(out):
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
         del _held[key]
         for path, fd, remove in reversed(fds):
             _release(path, fd, remove=remove and out.is_dir())
+
+
+def _holds_committed_work(out: Path) -> bool:
+    """True when a run in ``out`` committed a unit (kept for the resume, e.g. after a full
+    disk); only an OUT with nothing worth keeping is removed after an error."""
+    return any(out.glob("**/work/units/*.h5"))
 
 
 def shard_label(text: object) -> str | None:

@@ -33,6 +33,7 @@ from virnucpro.engine.units import Unit, default_unit_tokens, plan_units
 from virnucpro.engine.worker import WorkerConfig
 from virnucpro.errors import VirnucproError
 from virnucpro.io.atomic import atomic_write_json, atomic_write_text
+from virnucpro.io.diskerrors import QuietFileHandler, disk_errors
 from virnucpro.io.index import SequenceIndex, build_or_load
 from virnucpro.models.base import EmbedderSpec, planning_tokens
 
@@ -112,7 +113,7 @@ class _RunLog:
     """Attach ``logs/run.log`` to the package logger for the duration of a job."""
 
     def __init__(self, rd: RunDir) -> None:
-        self.handler = logging.FileHandler(rd.logs / "run.log")
+        self.handler = QuietFileHandler(rd.logs / "run.log")
         self.handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
         )
@@ -139,9 +140,12 @@ def run_embedding_job(
     """Embed every sequence of ``files`` into ``out_dir/embeddings.h5`` (see RunDir).
 
     ``out_dir`` is claimed for the run (engine/claim.py): absent, empty or an embed run
-    directory, and used by one run at a time.
+    directory, and used by one run at a time. A full or read-only disk anywhere raises
+    DiskError (one line naming the path).
     """
-    with claim_run_dir(out_dir, "embed", restart=options.restart, shard=shard_label(options.shard)):
+    shard = shard_label(options.shard)
+    claim = claim_run_dir(out_dir, "embed", restart=options.restart, shard=shard)
+    with claim, disk_errors(Path(out_dir)):
         return _run_embedding_job(files, out_dir, spec, options, desc=desc)
 
 
@@ -184,7 +188,7 @@ def _run_embedding_job(
 
 def merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> JobResult:
     """Merge and validate the shards computed in ``out_dir`` (``virnucpro merge``)."""
-    with claim_run_dir(out_dir, "embed"):
+    with claim_run_dir(out_dir, "embed"), disk_errors(Path(out_dir)):
         return _merge_job(out_dir, strict=strict, quiet=quiet)
 
 

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection, wait
 from virnucpro.engine.progress import Progress
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.worker import WorkerConfig, worker_main
+from virnucpro.io.diskerrors import DiskError
 
 log = logging.getLogger("virnucpro.engine")
 
@@ -166,6 +167,7 @@ class LocalBackend:
         self.workers = [WorkerState(rank, device) for rank, device in enumerate(devices)]
         self.stop_signal: int | None = None
         self.stops_sent = False
+        self.disk_error: str | None = None  # a worker met a full or read-only disk: stop the run
         self.outputs: dict = {}
 
     # -- process management -------------------------------------------------------------
@@ -192,7 +194,7 @@ class LocalBackend:
             return False
 
     def _assign(self, worker: WorkerState, scheduler: Scheduler) -> None:
-        if worker.status != "idle" or self.stop_signal:
+        if worker.status != "idle" or self.stop_signal or self.disk_error:
             return
         unit = scheduler.next_unit(worker.rank)
         if unit is None:
@@ -233,6 +235,11 @@ class LocalBackend:
             self._assign(worker, scheduler)
         elif kind == "error":
             worker.last_error = message[2]
+        elif kind == "disk":
+            worker.last_error = message[2]
+            worker.status = "stopped"  # not a death: nothing is retried or respawned
+            scheduler.returned(worker.rank)
+            self.disk_error = self.disk_error or message[2]
         elif kind == "stopped":
             scheduler.returned(worker.rank)
             worker.status = "stopped"
@@ -270,6 +277,15 @@ class LocalBackend:
                 os.kill(worker.process.pid, signal.SIGKILL)
         raise Interrupted(self.stop_signal)
 
+    def _stop_on_disk_error(self) -> None:
+        """After a disk error, ask the other workers once to stop at their next batch boundary."""
+        if self.disk_error is None or self.stops_sent:
+            return
+        self.stops_sent = True
+        for worker in self.workers:
+            if worker.alive:
+                self._send(worker, ("stop",))
+
     def _send_stops(self) -> None:
         """After a signal, ask every live worker once to stop at its next batch boundary."""
         if self.stop_signal is None or self.stops_sent:
@@ -301,12 +317,16 @@ class LocalBackend:
                     signal.signal(signum, handler)
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
+        if self.disk_error is not None:
+            raise DiskError(self.disk_error)
         return self.workers
 
     def _loop(self, scheduler: Scheduler, progress: Progress) -> None:
         while not scheduler.finished:
             self._send_stops()
-            live = live_workers(self.workers, scheduler, self.stop_signal is not None)
+            self._stop_on_disk_error()
+            stopping = self.stop_signal is not None or self.disk_error is not None
+            live = live_workers(self.workers, scheduler, stopping)
             if live is None:
                 return
             by_object: dict = {}

@@ -17,6 +17,7 @@ import numpy as np
 
 from virnucpro.engine.unitfile import read_unit, read_unit_positions
 from virnucpro.errors import ValidationError
+from virnucpro.io.diskerrors import check_free_space, reserve
 from virnucpro.models.base import per_token_dataset
 
 ID_BLOCK = 100_000
@@ -118,6 +119,9 @@ def merge_units(
                     counts[row_of[f["positions"][()]]] = f["per_token_sizes"][()]
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             token_total = int(offsets[-1])
+        # the whole output, before the HDF5 library writes a byte (it may crash on a full disk)
+        need = 4 * dim * (n * len(outputs) + token_total) + 64 * n
+        check_free_space(output.parent, need, output)
         with h5py.File(tmp, "w") as f:
             ids_ds = f.create_dataset("ids", shape=(n,), dtype=h5py.string_dtype("utf-8"))
             for start in range(0, n, ID_BLOCK):
@@ -136,6 +140,7 @@ def merge_units(
                 f.create_dataset("per_token_offsets", data=offsets)
             offsets_in_file = {name: ds.id.get_offset() for name, ds in vector_sets.items()}
             del lengths
+        reserve(tmp)  # every block now: a full disk is an error here, never a SIGBUS later
         layout = _Layout(tmp, n, dim, row_of, offsets_in_file, token_offset, offsets, token_total)
         truncated, failed_positions, failed_reasons = _write_vectors(layout, unit_files)
         with h5py.File(tmp, "r+") as f:

@@ -24,6 +24,7 @@ from virnucpro.engine.worker import (
     setup_worker_logging,
 )
 from virnucpro.errors import VirnucproError
+from virnucpro.io.diskerrors import disk_error, is_disk_error
 
 
 class UnitActor:
@@ -31,8 +32,9 @@ class UnitActor:
 
     Replies are tagged like the local worker's messages: ``("ready", info)``,
     ``("done", count, stats, n_batches, tokens, slots)``, ``("stopped",)`` or
-    ``("error", message)``. The actor is threaded (two calls at a time) so that ``stop`` and
-    ``idle_seconds`` are answered while a unit is being computed.
+    ``("error", message)`` or ``("disk", message)`` (a full or read-only disk). The actor is
+    threaded (two calls at a time) so that ``stop`` and ``idle_seconds`` are answered while a
+    unit is being computed.
     """
 
     def __init__(self, config: WorkerConfig) -> None:
@@ -104,6 +106,10 @@ class UnitActor:
             self.log.info("stop requested during unit %s; it is not committed", key)
             return ("stopped",)
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which replaces us
+            if is_disk_error(exc):  # a full or read-only disk: the driver stops the run
+                message = str(disk_error(exc, self.runner.config.units_dir))
+                self.log.error("%s", message)
+                return ("disk", message)
             self.log.error("unit %s failed:\n%s", key, traceback.format_exc())
             return ("error", _describe(exc))
         stats = self.runner.stats

@@ -35,6 +35,7 @@ from virnucpro.engine.ray_session import RaySession, import_ray, one_line
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.units import Unit
 from virnucpro.engine.worker import WorkerConfig
+from virnucpro.io.diskerrors import DiskError
 
 log = logging.getLogger("virnucpro.engine")
 
@@ -105,6 +106,7 @@ class RayBackend:
         self.outputs: dict = {}
         self.stop_signal: int | None = None
         self._stops_sent = False
+        self.disk_error: str | None = None  # an actor met a full or read-only disk: stop
         self._actors: dict[int, Any] = {}
         self._calls: dict[Any, _Call] = {}
         self._configs = {w.rank: self._config(w) for w in self.workers}
@@ -158,7 +160,7 @@ class RayBackend:
                 pass
 
     def _assign(self, worker: WorkerState, scheduler: Scheduler) -> None:
-        if worker.status != "idle" or self.stop_signal is not None:
+        if worker.status != "idle" or self.stop_signal is not None or self.disk_error:
             return
         unit = scheduler.next_unit(worker.rank)
         if unit is None:
@@ -176,7 +178,12 @@ class RayBackend:
                 self._hung(worker, scheduler)
             return
         tag = reply[0]
-        if tag == "error":
+        if tag == "disk":  # not a death: nothing is retried or respawned
+            worker.last_error = reply[1]
+            worker.status = "stopped"
+            scheduler.returned(worker.rank)
+            self.disk_error = self.disk_error or reply[1]
+        elif tag == "error":
             worker.last_error = reply[1]
             self._death(
                 worker, f"worker {worker.rank} ({worker.device}) failed: {reply[1]}", scheduler
@@ -249,11 +256,13 @@ class RayBackend:
         raise Interrupted(self.stop_signal)
 
     def _send_stops(self) -> None:
-        """After a signal, ask every live actor once to stop at its next batch boundary."""
-        if self.stop_signal is None or self._stops_sent:
+        """After a signal (or a disk error), ask every live actor once to stop at its next
+        batch boundary."""
+        if (self.stop_signal is None and self.disk_error is None) or self._stops_sent:
             return
         self._stops_sent = True
-        announce_stop(self.stop_signal)
+        if self.stop_signal is not None:
+            announce_stop(self.stop_signal)
         for worker in self.workers:
             actor = self._actors.get(worker.rank)
             if worker.alive and actor is not None:
@@ -290,12 +299,15 @@ class RayBackend:
                     self._session.close()
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
+        if self.disk_error is not None:
+            raise DiskError(self.disk_error)
         return self.workers
 
     def _loop(self, scheduler: Scheduler, progress: Progress) -> None:
         while not scheduler.finished:
             self._send_stops()
-            live = live_workers(self.workers, scheduler, self.stop_signal is not None)
+            stopping = self.stop_signal is not None or self.disk_error is not None
+            live = live_workers(self.workers, scheduler, stopping)
             if live is None:
                 return
             for worker in live:

@@ -8,6 +8,7 @@ or not at all. A sha256 over EVERY dataset it holds (and its key and job tag) is
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ import h5py
 import numpy as np
 
 from virnucpro.errors import ValidationError
-from virnucpro.io.diskerrors import disk_error, is_disk_error
+from virnucpro.io.diskerrors import check_free_space, disk_error, is_disk_error
 from virnucpro.models.base import per_token_dataset
 
 FORMAT_VERSION = 2  # 2: the checksum covers every dataset, the key and the job tag
-HASH_BLOCK_ROWS = 1 << 14
+HASH_BLOCK_BYTES = 32 << 20  # rows are hashed in blocks of about this size
+IN_MEMORY_BYTES = 256 << 20  # units up to this size are built in memory, then written
 
 
 @dataclass
@@ -53,8 +55,10 @@ class _Digest:
         shape = tuple(int(d) for d in data.shape)
         self.h.update(f"{name}\0{dtype}\0{shape}\0".encode())
         rows = shape[0] if shape else 0
-        for start in range(0, rows, HASH_BLOCK_ROWS):
-            block = np.asarray(data[start : start + HASH_BLOCK_ROWS])
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        step = max(1, HASH_BLOCK_BYTES // max(1, row_bytes))
+        for start in range(0, rows, step):
+            block = np.asarray(data[start : start + step])
             self.h.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
 
     def strings(self, name: str, values) -> None:
@@ -77,13 +81,19 @@ def _digest(result: UnitResult, job: str) -> str:
     for name in sorted(result.vectors):
         d.array(f"vectors/{name}", result.vectors[name], "<f4")
     if result.per_token is not None:
-        sizes = np.array([t.shape[0] for t in result.per_token], dtype=np.int64)
-        d.array("per_token_sizes", sizes, "<i8")
-        dim = result.per_token[0].shape[1] if result.per_token else 0
-        total = int(sizes.sum())
-        d.h.update(f"per_token\0<f4\0{(total, dim)}\0".encode())
-        for block in result.per_token:
-            d.h.update(np.ascontiguousarray(block, dtype="<f4").tobytes())
+        sizes = None
+        for name in sorted(result.per_token):
+            blocks = result.per_token[name]
+            if sizes is None:
+                sizes = np.array([t.shape[0] for t in blocks], dtype=np.int64)
+                d.array("per_token_sizes", sizes, "<i8")
+            dim = blocks[0].shape[1] if blocks else 0
+            dataset = per_token_dataset(name)
+            d.h.update(f"{dataset}\0<f4\0{(int(sizes.sum()), dim)}\0".encode())
+            for block in blocks:
+                d.h.update(np.ascontiguousarray(block, dtype="<f4").tobytes())
+        if sizes is None:
+            d.array("per_token_sizes", np.zeros(0, np.int64), "<i8")
     return d.hexdigest()
 
 
@@ -98,9 +108,10 @@ def _file_digest(f: h5py.File) -> str:
     d.strings("failed_reasons", f["failed_reasons"][()])
     for name in sorted(f["vectors"]):
         d.array(f"vectors/{name}", f["vectors"][name], "<f4")
-    if "per_token" in f:
+    if "per_token_sizes" in f:
         d.array("per_token_sizes", f["per_token_sizes"], "<i8")
-        d.array("per_token", f["per_token"], "<f4")
+        for name in sorted(f["vectors"]):
+            d.array(per_token_dataset(name), f[per_token_dataset(name)], "<f4")
     return d.hexdigest()
 
 
@@ -128,7 +139,12 @@ def write_unit(units_dir: Path, result: UnitResult, *, job: str = "") -> Path:
     final = unit_path(units_dir, result.key)
     tmp = units_dir / f".{result.key}.h5.tmp-{socket.gethostname()}-{os.getpid()}"  # shared storage
     try:
-        _write(tmp, result, job)
+        needed = _nbytes(result)
+        check_free_space(units_dir, needed)
+        if needed <= IN_MEMORY_BYTES:
+            _write_image(tmp, result, job)
+        else:
+            _write(tmp, result, job)
         os.replace(tmp, final)
         fd = os.open(units_dir, os.O_RDONLY)
         try:
@@ -145,10 +161,22 @@ def write_unit(units_dir: Path, result: UnitResult, *, job: str = "") -> Path:
 
 def _nbytes(result: UnitResult) -> int:
     size = sum(v.nbytes for v in result.vectors.values()) + 24 * len(result) + 4096
-    return size + sum(t.nbytes for t in result.per_token or [])
+    blocks = (result.per_token or {}).values()
+    return size + sum(t.nbytes for per_output in blocks for t in per_output)
 
 
-def _write(tmp: Path, result: UnitResult, job: str) -> None:
+def _write_image(tmp: Path, result: UnitResult, job: str) -> None:
+    """Build the HDF5 file in memory, then write its bytes with plain file writes: a full disk
+    is then an ordinary OSError (the HDF5 library can crash when a write of its own fails)."""
+    image = io.BytesIO()
+    _write(image, result, job)
+    with open(tmp, "wb") as fh:
+        fh.write(image.getbuffer())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write(tmp: Path | io.BytesIO, result: UnitResult, job: str) -> None:
     n = len(result)
     with h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
@@ -185,8 +213,9 @@ def _write(tmp: Path, result: UnitResult, job: str) -> None:
                 "per_token_sizes", data=np.zeros(0, np.int64) if sizes is None else sizes
             )
         f.flush()
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
+    if isinstance(tmp, Path):
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
 
 
 def read_unit(path: Path, *, verify: bool = True) -> UnitResult:

@@ -3,7 +3,8 @@
 Protocol over a duplex pipe. Parent -> worker: ``("unit", key, positions)`` or ``("stop",)``.
 Worker -> parent: ``("loading", pid)`` (imports done), ``("ready", info)``,
 ``("batch", key, n_seqs, n_tokens, n_slots)``, ``("done", key, count, stats)``, ``("stopped",)``,
-``("error", key_or_None, message)``.
+``("error", key_or_None, message)``, ``("disk", key_or_None, message)`` (a full or read-only
+disk: the run stops, nothing is retried).
 Every message doubles as a heartbeat.
 """
 
@@ -27,6 +28,7 @@ from virnucpro.engine.batching import computed_slots, token_budget_batches
 from virnucpro.engine.hooks import OutOfMemoryError, TestHooks, during_load
 from virnucpro.engine.unitfile import UnitResult, write_unit
 from virnucpro.errors import ValidationError, VirnucproError
+from virnucpro.io.diskerrors import QuietFileHandler, disk_error, is_disk_error
 from virnucpro.models.base import Embedder, EmbedderSpec, load_embedder
 
 MIN_TOKENS_PER_BATCH = 64
@@ -52,7 +54,7 @@ class StopRequested(Exception):
 def setup_worker_logging(path: str, rank: int) -> logging.Logger:
     logger = logging.getLogger(f"virnucpro.worker.{rank}")
     logger.setLevel(logging.INFO)
-    handler = logging.FileHandler(path)
+    handler = QuietFileHandler(path)  # a full disk must not print tracebacks on stderr
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.handlers[:] = [handler]
     logger.propagate = False
@@ -263,9 +265,14 @@ def worker_main(config: WorkerConfig, conn: Connection) -> None:
         _exit_without_teardown(conn)
     except (VirnucproError, OutOfMemoryError) as exc:
         log.error("%s", exc)
-        _report_error(conn, key, str(exc))
+        _report_error(conn, key, str(exc), disk=is_disk_error(exc))
         raise SystemExit(1) from None
     except Exception as exc:  # noqa: BLE001 - every failure is reported to the parent
+        if is_disk_error(exc):  # a full or read-only disk: one line, never retried
+            message = str(disk_error(exc, config.units_dir))
+            log.error("%s", message)
+            _report_error(conn, key, message, disk=True)
+            raise SystemExit(1) from None
         log.error("unexpected error:\n%s", traceback.format_exc())
         _report_error(conn, key, f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None
@@ -284,8 +291,8 @@ def _exit_without_teardown(conn: Connection) -> None:
     os._exit(0)
 
 
-def _report_error(conn: Connection, key: str | None, message: str) -> None:
+def _report_error(conn: Connection, key: str | None, message: str, *, disk: bool = False) -> None:
     try:
-        conn.send(("error", key, message))
+        conn.send(("disk" if disk else "error", key, message))
     except (OSError, ValueError):
         pass

@@ -9,9 +9,12 @@ command resumes once space is freed.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from virnucpro.errors import VirnucproError
@@ -51,6 +54,8 @@ def is_disk_error(exc: BaseException) -> bool:
 
 
 def _mb(size: int) -> str:
+    if size < 10**6:
+        return f"{size / 1e3:.0f} kB"
     return f"{size / 1e6:.1f} MB" if size < 10**9 else f"{size / 1e9:.2f} GB"
 
 
@@ -89,6 +94,30 @@ def disk_error(exc: BaseException, path: str | Path | None = None, *, needed: in
     return DiskError(message)
 
 
+def check_free_space(folder: Path, needed: int, target: Path | None = None) -> None:
+    """DiskError (naming ``target``, else ``folder``) before a write of about ``needed`` bytes
+    that cannot fit on ``folder``'s disk."""
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return
+    if usage.total > 0 and usage.free < needed:  # some network/FUSE file systems report 0s
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise disk_error(full, target or folder, needed=needed)
+
+
+@contextmanager
+def disk_errors(where: Path) -> Iterator[None]:
+    """Turn an OSError of a full or read-only disk into DiskError (naming ``where`` when the
+    error names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        if is_disk_error(exc):
+            raise disk_error(exc, where) from None
+        raise
+
+
 def reserve(path: Path) -> None:
     """Allocate every block of file ``path`` now, so that writing through a memory map of it
     cannot die with SIGBUS on a full disk (DiskError instead, with the space needed)."""
@@ -106,3 +135,10 @@ def reserve(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+class QuietFileHandler(logging.FileHandler):
+    """A log file handler that stays silent when its disk is full (no traceback on stderr)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
