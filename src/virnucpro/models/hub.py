@@ -157,12 +157,9 @@ def _download(
 
     endpoint = hub_endpoint()
     where = {"cache_dir": hub_cache_dir(), "local_dir": local_dir, "endpoint": endpoint}
-    try:
-        return Path(
-            hf_hub_download(repo_id, filename, revision=revision, local_files_only=True, **where)
-        )
-    except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
-        pass
+    present = _already_here(repo_id, revision, filename, local_dir)
+    if present is not None:
+        return present
     if is_offline():
         raise _NotCached("HF_HUB_OFFLINE is set")
     url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
@@ -182,6 +179,37 @@ def _download(
     except (HfHubHTTPError, OSError) as exc:
         raise _NotCached(_first_line(exc)) from None
     return Path(local)
+
+
+def _already_here(
+    repo_id: str, revision: str, filename: str, local_dir: Path | None
+) -> Path | None:
+    """The file from the cache (or ``local_dir``) without any request; raises ``_NotInRepo``
+    when the cache knows the file does not exist at that revision.
+
+    Deliberately not ``hf_hub_download(local_files_only=True)``: building its request
+    headers can cost a network call (huggingface_hub looks up a registry for its
+    User-Agent), which a cached, offline run must not wait for.
+    """
+    if local_dir is not None:
+        path = local_dir / filename
+        if not path.is_file():
+            return None
+        try:
+            from huggingface_hub._local_folder import read_download_metadata
+
+            metadata = read_download_metadata(local_dir=local_dir, filename=filename)
+        except (ImportError, OSError, ValueError):
+            return path
+        return path if metadata is None or metadata.commit_hash == revision else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir(), revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    if cached is not None:  # huggingface_hub's "known not to exist" marker
+        raise _NotInRepo(filename)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

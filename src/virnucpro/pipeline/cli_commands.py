@@ -179,12 +179,12 @@ def _cmd_selfcheck(args) -> int:
     from virnucpro.cli import engine_kwargs
     from virnucpro.pipeline.selfcheck import NOTICE, run_selfcheck
 
+    staged = check_models_dir(args.models_dir, args.chunk_size)  # the real models, first
     print(NOTICE, file=sys.stderr)
     result = run_selfcheck(
         args.input, args.output_dir, args.chunk_size, engine_kwargs(args), args.precision
     )
     c = result.counts
-    staged = check_models_dir(args.models_dir, args.chunk_size)
     print(
         f"selfcheck OK: {c['input_records']} records, {c['chunks']} chunks, "
         f"{c['frames_scored']} frames scored through both models and the classifier -> "
