@@ -76,6 +76,8 @@ def _cmd_download(args) -> int:
             "Run `virnucpro download` where there is internet (e.g. a login node), or point "
             "HF_ENDPOINT at a reachable mirror."
         ) from None
+    if args.quiet:
+        return 0
     total = sum(d.size for d in done)
     names = ",".join(d.model.name for d in done)
     folder = models_dir_from(args.dest)
