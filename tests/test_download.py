@@ -378,6 +378,14 @@ def test_download_dest_is_enough_for_every_command(env, hub, served, tmp_path, m
     run = json.loads((tmp_path / "pred" / "run.json").read_text())
     assert REV in json.dumps(run["models"]) and DNA_REV in json.dumps(run["models"])
 
+    other = run_cli(
+        "embed", str(reads), "-o", str(tmp_path / "e"), "--model", "esm2_t12_35M_UR50D",
+        "--models-dir", str(dest), *cpu,
+    )  # fmt: skip
+    assert other.returncode == 1 and "not in the models folder" in other.stderr
+    assert f"virnucpro download --models esm2_t12_35M_UR50D --dest {dest}" in other.stderr
+    assert "--models-dir" in other.stderr and "local copy with --model" in other.stderr
+
     missing = run_cli("selfcheck", str(EXAMPLE), "-o", str(tmp_path / "sc"), "--models-dir",
                       str(dest))  # fmt: skip
     assert missing.returncode == 1
