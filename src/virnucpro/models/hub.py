@@ -1,16 +1,20 @@
-"""Fetch pinned model files into a local cache, verify them, and resolve ESM-2 models.
+"""Fetch pinned model files, verify them, and resolve ESM-2 models.
 
-Cache root: ``$VIRNUCPRO_CACHE`` or ``~/.cache/virnucpro``::
+Hub files live in the standard Hugging Face cache (``hub_cache_dir``: ``$HF_HUB_CACHE`` or
+``$HF_HOME/hub``), fetched by ``huggingface_hub.hf_hub_download`` at the pinned revision from
+``$HF_ENDPOINT`` (default the Hugging Face Hub), or into a plain folder (``local_dir``) for
+``virnucpro download --dest``. Our own files live under ``$VIRNUCPRO_CACHE`` (default
+``~/.cache/virnucpro``)::
 
-    hub/        Hugging Face cache layout (``hf_hub_download(cache_dir=...)``)
-    urls/       files fetched by URL, one folder per URL
-    checksums/  ``<repo>/<revision>/<file>.sha256`` records for hub files
+    urls/       files fetched by URL (the classifiers), one folder per URL
+    checksums/  ``<repo>/<revision>/<file>.sha256`` first-use records
 
 Checksums: a sha256 pinned in ``registry.py`` is checked on every use. Where none is pinned
-(None), the sha256 of the first download is written to a ``.sha256`` file in the cache (trust
-on first use) and every later use is verified against that record. Nothing is ever downloaded
-when ``HF_HUB_OFFLINE`` is set; a missing file then raises a ``ModelError`` naming the
-repository, revision and file, and the option (``flag``) that supplies a local copy.
+(None), a fresh file is checked against the hub's ETag (the sha256 of LFS files, the git blob
+sha1 of others) and its sha256 is recorded (trust on first use); every later use is verified
+against that record. A downloaded file that fails is removed. Nothing is downloaded when
+``HF_HUB_OFFLINE`` is set, and one probe (``netprobe``) guards the first download of a
+process; a missing file then raises ``ModelsUnavailable`` (``missing.py``).
 """
 
 from __future__ import annotations
