@@ -43,6 +43,7 @@ class HubState:
     slow: dict[str, float] = field(default_factory=dict)  # file name -> seconds per body
     log: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    connections: list[socket.socket] = field(default_factory=list)
 
 
 class HubServer:
@@ -67,6 +68,12 @@ class HubServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.state.lock:  # keep-alive connections would outlive the server otherwise
+            for connection in self.state.connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def add_repo(
         self, repo_id: str, revision: str, files: dict[str, bytes], ref: str | None = None
@@ -93,6 +100,11 @@ class HubServer:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     hub: HubState
+
+    def setup(self) -> None:
+        super().setup()
+        with self.hub.lock:
+            self.hub.connections.append(self.connection)
 
     def log_message(self, *args) -> None:  # quiet
         pass

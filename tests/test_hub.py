@@ -279,3 +279,57 @@ def test_unknown_model_is_a_one_line_error():
     with pytest.raises(ModelError, match="not a known name") as excinfo:
         hub.resolve_esm2("esm9_imaginary")
     assert "\n" not in str(excinfo.value)
+
+
+# --------------------------------------------------------------------------- names and pins
+
+
+def test_download_names_and_pins_overrides(tmp_path, monkeypatch):
+    from virnucpro.models.catalog import PREDICT_MODELS, select
+    from virnucpro.models.registry import classifier_pins, dnabert_pin
+
+    assert [m.name for m in select(None)] == list(PREDICT_MODELS)
+    assert [m.name for m in select("facebook/ESM2_T33_650M_UR50D,dnabert-s")] == [
+        "esm2_t33_650M_UR50D",
+        "DNABERT-S",
+    ]
+    assert len(select("all")) == len(ESM2_HUB) + 1 + len(CLASSIFIERS)
+    with pytest.raises(InputError, match="unknown model 'esm3'.*classifier-500"):
+        select("esm3")
+    pins = tmp_path / "pins.json"
+    pins.write_text(
+        json.dumps(
+            {
+                "dnabert_s": {"repo_id": "m/dna", "revision": COMMIT, "files": {"a": None}},
+                "classifiers": {"500": {"url": "http://127.0.0.1:1/500_model.pth"}},
+            }
+        )
+    )
+    monkeypatch.setenv("VIRNUCPRO_PINS", str(pins))
+    assert dnabert_pin().repo_id == "m/dna" and hub_files("m/dna") == (COMMIT, {"a": None})
+    assert classifier_pins()[500].url == "http://127.0.0.1:1/500_model.pth"
+    assert classifier_pins()[300] == CLASSIFIERS[300]  # the rest stays pinned
+    pins.write_text("{not json")
+    with pytest.raises(ModelError, match=f"VIRNUCPRO_PINS={pins}: unreadable pins file"):
+        dnabert_pin()
+
+
+def test_missing_message_merges_and_speaks_api_or_cli():
+    from virnucpro.models.missing import Missing
+
+    cli = ModelsUnavailable.merge(
+        [
+            ModelsUnavailable([Missing("DNABERT-S: x", "DNABERT-S", "--dnabert-model")], ["r"]),
+            ModelsUnavailable([Missing("classifier-500: y", "classifier-500", "--c")], ["r"]),
+        ]
+    )
+    lines = str(cli).splitlines()
+    assert lines[0] == "2 models not available here and not downloadable now (r):"
+    assert lines[3] == (
+        "Where there is internet, run: virnucpro download --models DNABERT-S,classifier-500 "
+        "--dest DIR"
+    )
+    assert "--dnabert-model / --c" in lines[4]
+    api = str(ModelsUnavailable([Missing("DNABERT-S: x", "DNABERT-S", None)], ["r"], "/m"))
+    assert "virnucpro.download_models(['DNABERT-S'], dest='/m')" in api
+    assert "VIRNUCPRO_MODELS=/m" in api and "--" not in api

@@ -69,13 +69,19 @@ def _cmd_download(args) -> int:
     try:
         done = download_models(args.models, args.dest, quiet=args.quiet, log=log)
     except ModelsUnavailable as exc:
+        advice = (
+            "Unset HF_HUB_OFFLINE to download."
+            if any("HF_HUB_OFFLINE" in reason for reason in exc.reasons)
+            else "Run `virnucpro download` where there is internet (e.g. a login node), or "
+            "point HF_ENDPOINT at a reachable mirror."
+        )
         raise ModelError(
             "cannot download "
             + ", ".join(m.model or m.what for m in exc.missing)
-            + f": {'; '.join(exc.reasons)}\n"
-            "Run `virnucpro download` where there is internet (e.g. a login node), or point "
-            "HF_ENDPOINT at a reachable mirror."
+            + f": {'; '.join(exc.reasons)}\n{advice}"
         ) from None
+    if args.quiet:
+        return 0
     total = sum(d.size for d in done)
     names = ",".join(d.model.name for d in done)
     folder = models_dir_from(args.dest)

@@ -1,16 +1,20 @@
-"""Fetch pinned model files into a local cache, verify them, and resolve ESM-2 models.
+"""Fetch pinned model files, verify them, and resolve ESM-2 models.
 
-Cache root: ``$VIRNUCPRO_CACHE`` or ``~/.cache/virnucpro``::
+Hub files live in the standard Hugging Face cache (``hub_cache_dir``: ``$HF_HUB_CACHE`` or
+``$HF_HOME/hub``), fetched by ``huggingface_hub.hf_hub_download`` at the pinned revision from
+``$HF_ENDPOINT`` (default the Hugging Face Hub), or into a plain folder (``local_dir``) for
+``virnucpro download --dest``. Our own files live under ``$VIRNUCPRO_CACHE`` (default
+``~/.cache/virnucpro``)::
 
-    hub/        Hugging Face cache layout (``hf_hub_download(cache_dir=...)``)
-    urls/       files fetched by URL, one folder per URL
-    checksums/  ``<repo>/<revision>/<file>.sha256`` records for hub files
+    urls/       files fetched by URL (the classifiers), one folder per URL
+    checksums/  ``<repo>/<revision>/<file>.sha256`` first-use records
 
 Checksums: a sha256 pinned in ``registry.py`` is checked on every use. Where none is pinned
-(None), the sha256 of the first download is written to a ``.sha256`` file in the cache (trust
-on first use) and every later use is verified against that record. Nothing is ever downloaded
-when ``HF_HUB_OFFLINE`` is set; a missing file then raises a ``ModelError`` naming the
-repository, revision and file, and the option (``flag``) that supplies a local copy.
+(None), a fresh file is checked against the hub's ETag (the sha256 of LFS files, the git blob
+sha1 of others) and its sha256 is recorded (trust on first use); every later use is verified
+against that record. A downloaded file that fails is removed. Nothing is downloaded when
+``HF_HUB_OFFLINE`` is set, and one probe (``netprobe``) guards the first download of a
+process; a missing file then raises ``ModelsUnavailable`` (``missing.py``).
 """
 
 from __future__ import annotations
@@ -157,12 +161,9 @@ def _download(
 
     endpoint = hub_endpoint()
     where = {"cache_dir": hub_cache_dir(), "local_dir": local_dir, "endpoint": endpoint}
-    try:
-        return Path(
-            hf_hub_download(repo_id, filename, revision=revision, local_files_only=True, **where)
-        )
-    except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
-        pass
+    present = _already_here(repo_id, revision, filename, local_dir)
+    if present is not None:
+        return present
     if is_offline():
         raise _NotCached("HF_HUB_OFFLINE is set")
     url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
@@ -182,6 +183,37 @@ def _download(
     except (HfHubHTTPError, OSError) as exc:
         raise _NotCached(_first_line(exc)) from None
     return Path(local)
+
+
+def _already_here(
+    repo_id: str, revision: str, filename: str, local_dir: Path | None
+) -> Path | None:
+    """The file from the cache (or ``local_dir``) without any request; raises ``_NotInRepo``
+    when the cache knows the file does not exist at that revision.
+
+    Deliberately not ``hf_hub_download(local_files_only=True)``: building its request
+    headers can cost a network call (huggingface_hub looks up a registry for its
+    User-Agent), which a cached, offline run must not wait for.
+    """
+    if local_dir is not None:
+        path = local_dir / filename
+        if not path.is_file():
+            return None
+        try:
+            from huggingface_hub._local_folder import read_download_metadata
+
+            metadata = read_download_metadata(local_dir=local_dir, filename=filename)
+        except (ImportError, OSError, ValueError):
+            return path
+        return path if metadata is None or metadata.commit_hash == revision else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir(), revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    if cached is not None:  # huggingface_hub's "known not to exist" marker
+        raise _NotInRepo(filename)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -219,12 +219,12 @@ def _cmd_selfcheck(args) -> int:
     from virnucpro.pipeline.selfcheck import NOTICE, run_selfcheck
 
     require_input_files([args.input])
+    staged = check_models_dir(args.models_dir, args.chunk_size)  # the real models, first
     print(NOTICE, file=sys.stderr)
     result = run_selfcheck(
         args.input, args.output_dir, args.chunk_size, engine_kwargs(args), args.precision
     )
     c = result.counts
-    staged = check_models_dir(args.models_dir, args.chunk_size)
     print(
         f"selfcheck OK: {c['input_records']} records, {c['chunks']} chunks, "
         f"{c['frames_scored']} frames scored through both models and the classifier -> "
