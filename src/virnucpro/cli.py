@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)  # outside the worker phase: stop like Ctrl-C
     try:
-        with _errors_only(args.quiet):
+        with _errors_only(getattr(args, "quiet", False)):
             return args.handler(args)
     except Interrupted as exc:
         work = getattr(exc, "work_dir", "the output directory")

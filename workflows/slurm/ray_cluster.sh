@@ -24,8 +24,8 @@ export VIRNUCPRO_RAY_TMPDIR=${VIRNUCPRO_RAY_TMPDIR:-/tmp/ray-$SLURM_JOB_ID}
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN=${RAY_AUTH_TOKEN:-$($PYTHON -c 'import secrets; print(secrets.token_hex(32))')}
 export RAY_USAGE_STATS_ENABLED=0
-# Models: a folder from `virnucpro download` or a Hugging Face cache, on shared storage.
-# export HF_HOME=/shared/cache/huggingface
+# Models: pre-staged on shared storage (docs/CLUSTER.md, "Models without internet"), e.g.
+# export VIRNUCPRO_MODELS=/shared/virnucpro-models   # or HF_HOME=/shared/cache/huggingface
 
 nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 head=${nodes[0]}
