@@ -112,19 +112,31 @@ def test_a_folder_as_input_gets_the_same_line_from_every_command(tmp_path, rando
     assert not out.exists()  # nothing written by any of them
 
 
-def test_quiet_prints_errors_only(tmp_path, proteins, tiny_esm_hf):
-    ok = run_cli(*embed_args(proteins, tmp_path / "ok", tiny_esm_hf))  # --quiet
+@pytest.fixture(scope="module")
+def esm_run(tmp_path_factory, proteins, tiny_esm_hf):
+    """A complete ``embed --quiet`` run."""
+    out = tmp_path_factory.mktemp("esm") / "out"
+    return out, run_cli(*embed_args(proteins, out, tiny_esm_hf))
+
+
+@pytest.fixture(scope="module")
+def partial_run(tmp_path_factory, tiny_esm_hf):
+    """``embed --quiet`` with an empty record (skipped.tsv), a worker killed on p3 with no
+    retry (missing.tsv) and p25 out of memory alone (failed.tsv)."""
+    tmp = tmp_path_factory.mktemp("partial")
+    records = [("empty", "")] + [(f"p{i}", "MKV" * (3 + i)) for i in range(30)]
+    proteins = write_fasta(tmp / "p.fa", records)
+    out = tmp / "out"
+    env = {"VIRNUCPRO_TEST_CRASH_ID": "p3", "VIRNUCPRO_TEST_OOM_ID": "p25"}
+    return out, run_cli(*embed_args(proteins, out, tiny_esm_hf, "--max-retries", "0"), env=env)
+
+
+def test_quiet_prints_errors_only(tmp_path, esm_run, partial_run):
+    _, ok = esm_run  # embed -q
     assert ok.returncode == 0 and ok.stderr == ""
-    loud = run_cli(*_loud(embed_args(proteins, tmp_path / "loud", tiny_esm_hf)))
-    assert loud.returncode == 0 and "embedded 40 of 40 sequences" in loud.stderr
-    shard = run_cli(*embed_args(proteins, tmp_path / "s", tiny_esm_hf, "--shard", "0/2"))
-    assert shard.returncode == 0 and shard.stderr == ""
     translate = run_cli("translate", str(EXAMPLE), "-o", str(tmp_path / "t"), "-q")
     assert translate.returncode == 0 and translate.stderr == ""
-    partial = run_cli(
-        *embed_args(proteins, tmp_path / "partial", tiny_esm_hf, "--max-retries", "0"),
-        env={"VIRNUCPRO_TEST_CRASH_ID": "p007"},
-    )
+    _, partial = partial_run
     assert partial.returncode == 2  # what explains the exit status still shows
     assert partial.stderr.startswith("warning: partial result: ")
     assert partial.stderr.count("\n") == 1
@@ -164,17 +176,12 @@ def random_models(tmp_path_factory) -> dict[str, Path]:
     return write_random_models(tmp_path_factory.mktemp("random_models"))
 
 
-def test_hdf5_attributes_of_both_families_are_the_documented_ones(
-    tmp_path, proteins, tiny_esm_hf, random_models
-):
+def test_hdf5_attributes_of_both_families_are_the_documented_ones(tmp_path, esm_run, random_models):
     names, esm_only = _documented_attributes()
     dna = write_fasta(tmp_path / "dna.fa", [(f"n{i}", "ACGTTGCA" * (5 + i)) for i in range(6)])
-    for family, inputs, model in (
-        ("esm2", proteins, tiny_esm_hf),
-        ("dnabert_s", dna, random_models["dnabert"]),
-    ):
-        out = tmp_path / family
-        assert run_cli(*embed_args(inputs, out, model)).returncode == 0
+    dna_out = tmp_path / "dnabert_s"
+    assert run_cli(*embed_args(dna, dna_out, random_models["dnabert"])).returncode == 0
+    for family, out in (("esm2", esm_run[0]), ("dnabert_s", dna_out)):
         with h5py.File(out / "embeddings.h5") as f:
             attrs = set(f.attrs)
             assert f.attrs["model_family"] == family
@@ -197,21 +204,18 @@ def _undocumented(root: Path, patterns: list[str]) -> list[str]:
     return [f for f in files if not any(fnmatch.fnmatchcase(f, p) for p in patterns)]
 
 
-def test_every_file_of_a_run_directory_is_documented(tmp_path, tiny_esm_hf, random_models):
+def test_every_file_of_a_run_directory_is_documented(
+    tmp_path, proteins, tiny_esm_hf, random_models, partial_run
+):
     patterns = _documented_paths()
-    records = [("empty", "")] + [(f"p{i}", "MKV" * (3 + i)) for i in range(30)]
-    proteins = write_fasta(tmp_path / "p.fa", records)
-    runs = tmp_path / "runs"
-    crash = {"VIRNUCPRO_TEST_CRASH_ID": "p3"}
-    partial = embed_args(proteins, runs / "partial", tiny_esm_hf, "--max-retries", "0")
-    assert run_cli(*partial, env=crash).returncode == 2  # missing.tsv, skipped.tsv
-    poison = embed_args(proteins, runs / "poison", tiny_esm_hf, "--max-retries", "1")
-    assert run_cli(*poison, env=crash).returncode == 2  # failed.tsv
-    shard = embed_args(proteins, runs / "shard", tiny_esm_hf, "--shard", "1/2")
-    assert run_cli(*shard).returncode == 0  # units, shard records, run.shard1of2.json
-    out = runs / "predict"
-    assert run_cli(*predict_args(EXAMPLE, out, random_models)).returncode == 0
-    assert (runs / "partial" / "missing.tsv").is_file()
-    assert (runs / "poison" / "failed.tsv").is_file()
-    for run in runs.iterdir():
+    partial, result = partial_run
+    assert result.returncode == 2
+    for name in ("skipped.tsv", "missing.tsv", "failed.tsv", "embeddings.h5", "run.json"):
+        assert (partial / name).is_file(), name
+    shard = tmp_path / "shard"
+    args = embed_args(proteins, shard, tiny_esm_hf, "--shard", "1/2")
+    assert run_cli(*args).returncode == 0  # units, shard records, run.shard1of2.json
+    predict = tmp_path / "predict"
+    assert run_cli(*predict_args(EXAMPLE, predict, random_models)).returncode == 0
+    for run in (partial, shard, predict):
         assert _undocumented(run, patterns) == [], run.name

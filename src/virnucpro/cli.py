@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     from virnucpro.engine.claim import command_claim
 
     try:
-        with _errors_only(args.quiet), command_claim(args):  # OUT is ours (engine/claim.py)
+        with _errors_only(getattr(args, "quiet", False)), command_claim(args):  # OUT is ours
             return args.handler(args)
     except Interrupted as exc:
         work = getattr(exc, "work_dir", "the output directory")
