@@ -68,6 +68,7 @@ def embed(
     ray_address: str | None = None,
     shard: tuple[int, int] | str | None = None,
     desc: str = "embedding",
+    keep_work: bool = False,
 ) -> JobResult:
     """Run one embedding job; returns its JobResult (exit code, counts, failed ranks)."""
     if isinstance(fasta_files, (str, Path)):
@@ -93,6 +94,7 @@ def embed(
         backend=backend,
         ray_address=ray_address,
         shard=shard,
+        keep_work=keep_work,
     )
     return run_embedding_job(
         [Path(f) for f in fasta_files], Path(output_dir), spec, options, desc=desc

@@ -57,6 +57,8 @@ class JobState:
 
             shutil.rmtree(self.rd.units, ignore_errors=True)
             shutil.rmtree(self.shards_dir, ignore_errors=True)
+            shutil.rmtree(self.rd.work / "merge", ignore_errors=True)  # merge.MERGE_STATE
+            (self.rd.root / f".{self.rd.output.name}.partial").unlink(missing_ok=True)
             self.rd.units.mkdir(parents=True, exist_ok=True)
             for path in (self.rd.output, self.rd.missing, self.rd.failed, self.rd.report):
                 path.unlink(missing_ok=True)

@@ -93,6 +93,12 @@ def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options
         "safetensors file (default: the original for --chunk-size)",
     )
     add_call_options(predict)
+    predict.add_argument(
+        "--keep-embeddings",
+        action="store_true",
+        help="keep the two stages' embeddings.h5 after a complete run (default: removed with "
+        "the other intermediates; --keep-work keeps everything)",
+    )
     add_engine_options(predict)
     predict.set_defaults(handler=_cmd_predict)
 
@@ -110,6 +116,7 @@ def _cmd_predict(args) -> int:
         precision=args.precision,
         engine=engine_kwargs(args),
         call_rule=call_rule(args),
+        keep_embeddings=args.keep_embeddings,
     )
     if args.samplesheet is not None:
         from virnucpro.pipeline.samplesheet import run_samplesheet
