@@ -37,7 +37,7 @@ def example_run(tmp_path_factory, models) -> Path:
     with open(inputs, "a") as f:
         f.write(">empty_record nothing here\n>tiny_record\nAC\n")
     out = tmp_path_factory.mktemp("predict") / "out"
-    result = run_cli(*predict_args(inputs, out, models))
+    result = run_cli(*predict_args(inputs, out, models, "--keep-work"))  # stages: read below
     assert result.returncode == 0, result.stderr
     return out
 
@@ -110,11 +110,11 @@ def test_every_record_accounted_for(example_run):
 
 def test_rerun_resumes_without_recomputing(example_run, models, tmp_path):
     before = (example_run / "prediction_results.txt").read_text()
-    inputs = Path(json.loads((example_run / "run.json").read_text())["input"]["path"])
+    report_before = (example_run / "run.json").read_text()
+    inputs = Path(json.loads(report_before)["input"]["path"])
     result = run_cli(*predict_args(inputs, example_run, models))
     assert result.returncode == 0, result.stderr
-    report = json.loads((example_run / "run.json").read_text())
-    assert report["translate_reused"] is True
+    assert (example_run / "run.json").read_text() == report_before  # complete: nothing redone
     assert (example_run / "prediction_results.txt").read_text() == before
 
 
@@ -199,7 +199,7 @@ def test_selfcheck_runs_the_pipeline_offline_with_the_precision_asked(tmp_path):
     out = tmp_path / "check"
     result = run_cli(
         "selfcheck", str(EXAMPLE), "-o", str(out), "--devices", "cpu", "--workers", "1",
-        "--precision", "bf16",
+        "--precision", "bf16", "--keep-work",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "MACHINERY CHECK" in result.stderr and "selfcheck OK: 26 records" in result.stderr

@@ -37,7 +37,7 @@ def fit_classifier(folder: Path, models: dict[str, Path], sequences: dict[str, s
     windows += [(f"g{i}", genome[200_000 + i * C : 200_000 + (i + 1) * C]) for i in range(WINDOWS)]
     train = write_fasta(folder / "train.fna", windows)
     out = folder / "train_out"
-    result = run_cli(*predict_args(train, out, models))
+    result = run_cli(*predict_args(train, out, models, "--keep-embeddings"))
     assert result.returncode == 0, result.stderr
     dna_ids, dna = read_h5(out / "stages" / "dnabert_s" / "embeddings.h5")
     esm_ids, esm = read_h5(out / "stages" / "esm2" / "embeddings.h5")

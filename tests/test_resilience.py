@@ -270,11 +270,12 @@ def test_sigkill_group_then_resume_predict(runner, tmp_path, predict_models):
     inputs = tmp_path / "example.fna"
     shutil.copy(EXAMPLE, inputs)
     ref = tmp_path / "reference"
-    code, stderr = runner.run(*predict_args(inputs, ref, predict_models, small_batches=True))
+    keep = "--keep-embeddings"  # the stages' vectors are compared below
+    code, stderr = runner.run(*predict_args(inputs, ref, predict_models, keep, small_batches=True))
     assert code == 0, stderr
 
     out = tmp_path / "out"
-    args = predict_args(inputs, out, predict_models, small_batches=True)
+    args = predict_args(inputs, out, predict_models, keep, small_batches=True)
     slow = {"VIRNUCPRO_TEST_DELAY": "0.5"}
     dna, esm = out / "stages" / "dnabert_s", out / "stages" / "esm2"
 

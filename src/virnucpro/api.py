@@ -101,6 +101,7 @@ def embed(
     shard: tuple[int, int] | str | None = None,
     desc: str = "embedding",
     retry_failed: bool = False,
+    keep_work: bool = False,
 ) -> JobResult:
     """Run one embedding job; returns its JobResult (exit code, counts, failed ranks).
 
@@ -131,6 +132,7 @@ def embed(
         ray_address=ray_address,
         shard=shard,
         retry_failed=retry_failed,
+        keep_work=keep_work,
     )
     return run_embedding_job(
         [Path(f) for f in fasta_files], Path(output_dir), spec, options, desc=desc

@@ -138,6 +138,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         metavar="I/N",
         help="compute only stride shard I of N (job arrays); then `virnucpro merge`",
     )
+    g.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep OUT_DIR/work (the sequence index; predict: every stage intermediate) after "
+        "a complete run (default: removed, see README 'Disk space')",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +236,7 @@ def engine_kwargs(args) -> dict:
         "ray_address": args.ray_address,
         "shard": args.shard,
         "retry_failed": args.retry_failed,
+        "keep_work": args.keep_work,
     }
 
 
@@ -332,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(glue_negative_values(sys.argv[1:] if argv is None else argv))
     _configure_logging(args)
-    from virnucpro.engine.local import Interrupted
+    from virnucpro.engine.interrupted import Interrupted
 
     signal.signal(signal.SIGTERM, _terminate)  # outside the worker phase: stop like Ctrl-C
     from virnucpro.engine.claim import command_claim

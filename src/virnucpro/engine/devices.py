@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from virnucpro.errors import VirnucproError
 
 
@@ -18,6 +16,8 @@ def resolve_devices(devices: str = "auto", workers: int | None = None) -> list[s
     """
     spec = (devices or "auto").strip().lower()
     if spec == "auto":
+        import torch
+
         if torch.cuda.is_available() and torch.cuda.device_count() > 0:
             count = torch.cuda.device_count()
             ordinals = list(range(count if workers is None else min(workers, count)))
@@ -38,6 +38,8 @@ def resolve_devices(devices: str = "auto", workers: int | None = None) -> list[s
         raise VirnucproError(f"--devices lists no device: {devices!r}")
     if len(set(ordinals)) != len(ordinals):
         raise VirnucproError(f"--devices lists a GPU twice: {devices!r}")
+    import torch
+
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     absent = [i for i in ordinals if i >= available]
     if absent:

@@ -19,9 +19,17 @@ import numpy as np
 
 from virnucpro.engine.claim import claim_run_dir, shard_label
 from virnucpro.engine.inputkind import check_input_kind
+from virnucpro.engine.interrupted import Interrupted
 from virnucpro.engine.jobstate import JobState, describe_job, job_tag, remove_own
-from virnucpro.engine.local import Interrupted, LocalBackend
-from virnucpro.engine.merge import committed_positions, merge_units
+from virnucpro.engine.merge import (
+    MERGE_STATE,
+    clear_merge_state,
+    committed_positions,
+    disk_bytes,
+    merge_units,
+    merged_positions,
+    merged_shape,
+)
 from virnucpro.engine.progress import Progress
 from virnucpro.engine.quarantine import check_units
 from virnucpro.engine.report import attributes, build_report
@@ -30,7 +38,6 @@ from virnucpro.engine.rundir import RunDir
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.unitfile import UnitResult, read_unit, write_unit
 from virnucpro.engine.units import Unit, default_unit_tokens, plan_units
-from virnucpro.engine.worker import WorkerConfig
 from virnucpro.errors import VirnucproError
 from virnucpro.io.atomic import atomic_write_json, atomic_write_text
 from virnucpro.io.diskerrors import QuietFileHandler, disk_errors
@@ -55,6 +62,7 @@ class EngineOptions:
     ray_address: str | None = None
     shard: tuple[int, int] | None = None  # compute only stride shard I of N
     retry_failed: bool = False  # compute again what earlier runs isolated as failed
+    keep_work: bool = False  # keep work/index after a complete run
 
 
 @dataclass
@@ -173,6 +181,7 @@ def _run_embedding_job(
         retried = forget_failures(rd.units) if options.retry_failed else 0
         if options.shard is None and state.complete:
             log.info("%s is already complete; nothing to do", rd.output)
+            _clean_work(rd, options.keep_work)
             report = state.previous.get("report", {})
             return JobResult(rd.output, 0, len(index), len(index), 0, 0, [], report)
         run_number = state.start(description, spec)
@@ -204,7 +213,7 @@ def _merge_job(out_dir: Path, *, strict: bool = False, quiet: bool = False) -> J
         state.check(description, restart=False)
         outcome = RunOutcome(input_check=input_check)
         outcome.quarantined = _quarantine(rd, index, job_tag(description))
-        done, failed = committed_positions(_unit_files(rd), len(index))
+        done, failed = _committed(rd, index)
         records = state.shard_records()
         for record in records:
             outcome.missing = np.concatenate(
@@ -297,6 +306,8 @@ def make_backend(options: EngineOptions, make_config):
         )
     if options.backend != "local":
         raise VirnucproError(f"--backend must be local or ray, not {options.backend!r}")
+    from virnucpro.engine.local import LocalBackend  # torch: only when something is computed
+
     return LocalBackend(
         options.devices,
         make_config,
@@ -314,7 +325,7 @@ def _compute(index, rd, spec, options, desc, run_number, started, timings) -> Ru
     tag = job_tag(describe_job(index, spec))
     quarantined = _quarantine(rd, index, tag)
     unit_files = _unit_files(rd)
-    done, failed = committed_positions(unit_files, len(index))
+    done, failed = _committed(rd, index)
     units, todo, unit_tokens = _plan(
         index, spec, options, np.concatenate([done, failed]), run_number
     )
@@ -335,6 +346,8 @@ def _compute(index, rd, spec, options, desc, run_number, started, timings) -> Ru
     outcome.scheduler = scheduler
     if not todo:
         return outcome
+
+    from virnucpro.engine.worker import WorkerConfig
 
     def make_config(rank: int, device: str) -> WorkerConfig:
         return WorkerConfig(
@@ -371,6 +384,20 @@ def _compute(index, rd, spec, options, desc, run_number, started, timings) -> Ru
     _persist_failures(rd, scheduler, tag)
     outcome.missing, outcome.missing_reasons = scheduler.lost_positions("missing")
     return outcome
+
+
+def _committed(rd: RunDir, index) -> tuple[np.ndarray, np.ndarray]:
+    """(embedded, failed) positions: unit files plus what an interrupted merge holds."""
+    merged = merged_positions(rd.work / MERGE_STATE)
+    return committed_positions(_unit_files(rd), len(index), merged)
+
+
+def _clean_work(rd: RunDir, keep_work: bool) -> None:
+    """After a complete run: no unit files, no merge state, no index (unless ``keep_work``)."""
+    remove_own(rd.units, "*.h5")  # committed units, now merged; nothing that is not ours
+    clear_merge_state(rd.work / MERGE_STATE)
+    if not keep_work:
+        shutil.rmtree(rd.index, ignore_errors=True)
 
 
 def _unit_files(rd: RunDir) -> list[Path]:
@@ -427,7 +454,7 @@ def _account(index, done: np.ndarray, failed: np.ndarray, missing: np.ndarray) -
 def _finish_shard(index, rd, state, spec, options, outcome, started, timings) -> JobResult:
     i, n = options.shard
     stride = index.stride(i, n)
-    done, failed = committed_positions(_unit_files(rd), len(index))
+    done, failed = _committed(rd, index)
     in_shard = np.zeros(len(index), bool)
     in_shard[stride] = True
     embedded, n_failed = int(in_shard[done].sum()), int(in_shard[failed].sum())
@@ -459,7 +486,7 @@ def _finish_shard(index, rd, state, spec, options, outcome, started, timings) ->
 
 def _finish(index, rd, state, spec, options, outcome, started, timings, runs) -> JobResult:
     unit_files = _unit_files(rd)
-    done, _ = committed_positions(unit_files, len(index))
+    done, _ = _committed(rd, index)
     failed_pos, failed_why = _failed_rows(index, unit_files)
     missing = outcome.missing
     _account(index, done, failed_pos, missing)
@@ -495,7 +522,7 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
             f"{missing.size} sequence(s) missing and {failed_pos.size} failed (see "
             f"{rd.missing.name} / {rd.failed.name}); --strict: no output written"
         )
-    outputs, dim = _output_shape(unit_files, outcome)
+    outputs, dim = _output_shape(unit_files, outcome, rd.output)
     if outputs is None:
         atomic_write_json(rd.report, report)
         reasons = (
@@ -518,6 +545,8 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
             "missing": int(missing.size),
             "failed": int(failed_pos.size),
         },
+        consume=None if partial else rd.work / MERGE_STATE,
+        disk_root=rd.root,
     )
     timings["merge"] = time.time() - merge_started
     report["counts"]["truncated"] = result.truncated
@@ -525,7 +554,13 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
     atomic_write_json(rd.report, report)
     state.write(describe_job(index, spec), spec, status, runs=runs, report=report)
     if not partial:
-        remove_own(rd.units, "*.h5")  # committed units, now merged; nothing that is not ours
+        _clean_work(rd, options.keep_work)
+    report["disk"] = {
+        "peak_bytes": result.peak_disk,
+        "final_bytes": disk_bytes(rd.root),
+        "output_bytes": disk_bytes(rd.output),
+    }
+    atomic_write_json(rd.report, report)
     failed_ranks = [w.rank for w in outcome.workers if w.status == "failed"]
     return JobResult(
         rd.output,
@@ -539,7 +574,9 @@ def _finish(index, rd, state, spec, options, outcome, started, timings, runs) ->
     )
 
 
-def _output_shape(unit_files: list[Path], outcome: RunOutcome) -> tuple[list[str] | None, int]:
+def _output_shape(
+    unit_files: list[Path], outcome: RunOutcome, rd_output: Path | None = None
+) -> tuple[list[str] | None, int]:
     if outcome.outputs:
         return list(outcome.outputs["outputs"]), int(outcome.outputs["dim"])
     import h5py
@@ -549,4 +586,5 @@ def _output_shape(unit_files: list[Path], outcome: RunOutcome) -> tuple[list[str
             names = list(f["vectors"])
             if names:
                 return names, int(f["vectors"][names[0]].shape[1])
-    return None, 0
+    merged = merged_shape(rd_output) if rd_output is not None else None
+    return merged if merged is not None else (None, 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict
 from fnmatch import fnmatch
 from pathlib import Path
@@ -84,6 +85,8 @@ class JobState:
             self.damaged = None
             remove_own(self.rd.units, "*.h5")  # only what virnucpro wrote there
             remove_own(self.shards_dir, "*of*.json")
+            shutil.rmtree(self.rd.work / "merge", ignore_errors=True)  # merge.MERGE_STATE
+            (self.rd.root / f".{self.rd.output.name}.partial").unlink(missing_ok=True)
             self.rd.units.mkdir(parents=True, exist_ok=True)
             for path in (self.rd.output, self.rd.missing, self.rd.failed, self.rd.report):
                 path.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
+from virnucpro.engine.interrupted import Interrupted
 from virnucpro.engine.progress import Progress
 from virnucpro.engine.scheduler import Scheduler
 from virnucpro.engine.worker import WorkerConfig, worker_main
@@ -40,15 +41,6 @@ def startup_budget(worker_timeout: float | None) -> float | None:
     if not worker_timeout:
         return None
     return max(float(worker_timeout), MIN_STARTUP_SECONDS)
-
-
-class Interrupted(Exception):
-    """The run was stopped by a signal; committed units are kept."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.exit_code = 128 + signum
-        super().__init__(signal.Signals(signum).name)
 
 
 @dataclass

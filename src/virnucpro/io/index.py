@@ -116,6 +116,15 @@ class StringTable(Sequence[str]):
         text = self._data[: self._offsets[-1]].decode("ascii")
         return iter(text.split("\n")[:-1])
 
+    def span(self, start: int, stop: int) -> list[str]:
+        """``self[start:stop]`` decoded in one piece (fast for blocks of a merge)."""
+        stop = min(stop, len(self))
+        if start >= stop:
+            return []
+        return (
+            self._data[self._offsets[start] : self._offsets[stop]].decode("ascii").split("\n")[:-1]
+        )
+
 
 class SequenceIndex:
     """All embeddable records of a run, in input order, backed by a memory-mapped store."""

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where a model is built: commands that do not compute
+    import torch  # (translate, merge, report, make-dataset) never load it
+    from torch import nn
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -25,6 +28,9 @@ def uninitialised_embedding(
     ``nn.Embedding``'s own random initialisation would pull in ``torch._dynamo`` there (about
     1.5 s of import in every worker) for values that are thrown away.
     """
+    import torch
+    from torch import nn
+
     weight = torch.empty(num, dim, device=device)
     return nn.Embedding(num, dim, padding_idx=padding_idx, _weight=weight)
 
@@ -118,6 +124,8 @@ class Embedder(ABC):
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """``auto`` is fp32 on CPU and bf16 (or fp16 where bf16 is unsupported) on GPU."""
+    import torch
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "fp32":

@@ -84,6 +84,12 @@ def add_predict_command(sub, common: argparse.ArgumentParser, add_engine_options
     predict.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUT_DIR")
     add_model_options(predict)
     add_call_options(predict)
+    predict.add_argument(
+        "--keep-embeddings",
+        action="store_true",
+        help="keep the two stages' embeddings.h5 after a complete run (default: removed with "
+        "the other intermediates; --keep-work keeps everything)",
+    )
     add_engine_options(predict)
     _set_help(
         predict,
@@ -152,6 +158,7 @@ def predict_options(args):
         engine=engine_kwargs(args),
         call_rule=call_rule(args),
         models_dir=args.models_dir,
+        keep_embeddings=args.keep_embeddings,
     )
 
 

@@ -133,11 +133,13 @@ def add_pair_counts(out_dir: Path, counts: dict[str, int]) -> None:
 
 def run_paired(r1: Path, r2: Path, out_dir: Path, options: PredictOptions) -> PredictResult:
     """``predict R1 R2 --paired``: the mates as records, then ``pairs.tsv`` and the report."""
+    from virnucpro.pipeline.cleanup import DiskPeak, completion_key, finish
     from virnucpro.report.render import write_report
 
     r1, r2, out_dir = Path(r1), Path(r2), Path(out_dir)
     require_input_files([r1, r2])
     created = not out_dir.exists()
+    disk = DiskPeak(out_dir)
     try:
         mates, pairs = write_mates(r1, r2, out_dir / "stages" / "pairs")
     except InputError:
@@ -151,4 +153,7 @@ def run_paired(r1: Path, r2: Path, out_dir: Path, options: PredictOptions) -> Pr
     add_pair_counts(out_dir, counts)
     result.counts.update(counts)
     write_report(out_dir)
+    key = completion_key([r1, r2], options, {"paired": True})
+    finish(out_dir, key, disk, keep_work=bool(options.engine.get("keep_work")),
+           keep_embeddings=options.keep_embeddings)  # fmt: skip
     return result

@@ -23,12 +23,14 @@ from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.engine.claim import read_record
+from virnucpro.engine.merge import disk_bytes
 from virnucpro.errors import InputError, ModelError, VirnucproError
 from virnucpro.io.atomic import atomic_path, atomic_write_json
 from virnucpro.io.fasta import read_records
 from virnucpro.io.paths import require_input_files
 from virnucpro.models.base import EmbedderSpec
 from virnucpro.pipeline import tables
+from virnucpro.pipeline.cleanup import DiskPeak, completion_key, finish, previous_result
 from virnucpro.pipeline.features import joined_features
 from virnucpro.pipeline.record_call import CallRule
 from virnucpro.pipeline.record_outputs import write_record_outputs
@@ -51,6 +53,7 @@ class PredictOptions:
     engine: dict = field(default_factory=dict)  # devices, world_size, tokens_per_batch, ...
     call_rule: CallRule = field(default_factory=CallRule)  # the record call (record_call.py)
     models_dir: str | None = None  # a `virnucpro download --dest` folder ($VIRNUCPRO_MODELS)
+    keep_embeddings: bool = False  # keep the two stage embeddings.h5 after a complete run
 
 
 @dataclass
@@ -168,7 +171,8 @@ def embed_stage(fasta: Path, out: Path, spec: EmbedderSpec, engine: dict, desc: 
     """One embedding stage: an ordinary engine job on ``fasta`` in ``out``."""
     from virnucpro.api import embed
 
-    return embed([fasta], out, spec, desc=desc, **engine)
+    # the stage's index stays until predict has read the frame ids (cleanup: see cleanup.py)
+    return embed([fasta], out, spec, desc=desc, **{**engine, "keep_work": True})
 
 
 def run_predict(
@@ -183,6 +187,11 @@ def run_predict(
     try:
         dnabert, esm, classifier_path, classifier = resolve_models(options)
         timings["resolve_models"] = time.time() - started
+        key = completion_key([input_path], options, models_key(dnabert, esm, classifier_path))
+        previous = previous_result(out_dir, key) if report else None
+        if previous is not None:  # the same complete run: its answers are all there
+            return PredictResult(0, out_dir, previous["counts"])
+        disk = DiskPeak(out_dir)
         t = time.time()
         quiet = bool(options.engine.get("quiet"))
         log.info("stage translate: %s, chunks of %d", input_path, options.chunk_size)
@@ -208,7 +217,9 @@ def run_predict(
             ("esm2", proteins, esm, "ESM-2"),
         ):
             t = time.time()
+            before = (disk.sample(), disk_bytes(out_dir / "stages" / name))
             result = embed_stage(fasta, out_dir / "stages" / name, spec, options.engine, desc)
+            disk.stage(*before, result)
             timings[name] = time.time() - t
             stage_results[name] = result
             h5[name] = result.output
@@ -261,11 +272,14 @@ def run_predict(
         },
         "timings_s": {**timings, "total": time.time() - started},
     }
+    run_report["disk"] = {"peak_bytes": max(disk.peak, disk.sample())}
     atomic_write_json(out_dir / "run.json", run_report)
     if report:
         from virnucpro.report.render import write_report
 
         write_report(out_dir)
+        finish(out_dir, key, disk, keep_work=bool(options.engine.get("keep_work")),
+               keep_embeddings=options.keep_embeddings)  # fmt: skip
     return PredictResult(2 if partial else 0, out_dir, run_report["counts"])
 
 
@@ -293,6 +307,12 @@ def _shard_done(out_dir, options, stage_results, translated, timings, started) -
     atomic_write_json(out_dir / f"run.shard{safe}.json", report)
     code = 2 if any(r.exit_code for r in stage_results.values()) else 0
     return PredictResult(code, out_dir, {**translated, "shard": str(shard)})
+
+
+def models_key(dnabert: EmbedderSpec, esm: EmbedderSpec, classifier_path: Path) -> dict:
+    """The three models as a complete run's answers depend on them (completion_key)."""
+    return {"dnabert_s": dnabert.fingerprint_fields(), "esm2": esm.fingerprint_fields(),
+            "classifier": file_sha256(classifier_path)}  # fmt: skip
 
 
 def file_sha256(path: Path) -> str:

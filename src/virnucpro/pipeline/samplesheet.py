@@ -20,8 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from virnucpro import __version__
+from virnucpro.engine.merge import disk_bytes
 from virnucpro.errors import InputError, VirnucproError
 from virnucpro.io.atomic import atomic_path, atomic_write_json
+from virnucpro.pipeline.cleanup import DiskPeak, completion_key, finish
 from virnucpro.pipeline.pairs import add_pair_counts, write_mates, write_pairs_table
 from virnucpro.pipeline.predict import (
     PredictOptions,
@@ -155,6 +157,7 @@ def run_samplesheet(sheet: Path, out_dir: Path, options: PredictOptions) -> Pred
     samples = read_samplesheet(sheet)
     created = not out_dir.exists()
     timings: dict[str, float] = {}
+    disk = DiskPeak(out_dir)
     try:
         dnabert, esm, classifier_path, classifier = resolve_models(options)
         t = time.time()
@@ -172,7 +175,9 @@ def run_samplesheet(sheet: Path, out_dir: Path, options: PredictOptions) -> Pred
             ("esm2", proteins, esm, "ESM-2"),
         ):
             t = time.time()
+            before = (disk.sample(), disk_bytes(out_dir / "stages" / name))
             result = embed_stage(fasta, out_dir / "stages" / name, spec, options.engine, desc)
+            disk.stage(*before, result)
             timings[name] = time.time() - t
             stage_results[name] = result
             h5[name] = result.output
@@ -232,6 +237,9 @@ def run_samplesheet(sheet: Path, out_dir: Path, options: PredictOptions) -> Pred
         "counts": {"samples": len(samples), **totals}, "stages": stages, "timings_s": timings,
     })  # fmt: skip
     write_report(out_dir)
+    key = completion_key([Path(sheet)], options, {"samplesheet": True})
+    finish(out_dir, key, disk, keep_work=bool(options.engine.get("keep_work")),
+           keep_embeddings=options.keep_embeddings)  # fmt: skip
     return PredictResult(2 if partial else 0, out_dir, {"samples": len(samples), **totals})
 
 
