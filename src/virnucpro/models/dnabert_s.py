@@ -39,7 +39,7 @@ from virnucpro.models.base import (
     resolve_dtype,
     uninitialised_embedding,
 )
-from virnucpro.models.packing import Attention, PackedBatch, mean_matrix, pack
+from virnucpro.models.packing import Attention, PackedBatch, mean_matrix, pack, to_host
 
 HUB_ID = "zhihan1996/DNABERT-S"
 FAMILY = "dnabert_s"
@@ -353,22 +353,29 @@ class DnabertEmbedder(Embedder):
         """True when ``encode`` cuts a sequence of ``length`` nucleotides."""
         return length > self.max_tokens - 2
 
-    @torch.inference_mode()
     def forward(self, batch: list[np.ndarray]) -> EmbedOutput:
         """Packed: the batch is one token vector, attention and ALiBi stay inside each
         sequence, no padded slot is computed; fp32 pooling over all tokens."""
-        if not batch:
+        return self.forward_prepared(self.prepare(batch))
+
+    def prepare(self, batch: list[np.ndarray]) -> PackedBatch | None:
+        """The batch packed on the device (None for an empty batch)."""
+        return pack(batch, self.device) if batch else None
+
+    @torch.inference_mode()
+    def forward_prepared(self, packed: PackedBatch | None) -> EmbedOutput:
+        if packed is None:
             return self._empty()
-        packed = pack(batch, self.device)
         hidden = self.model(packed).float()
         pooled = mean_matrix(packed, skip_first=0, skip_last=0) @ hidden
-        self._check_finite(pooled, len(batch))
+        vectors = to_host({"embeddings": pooled})["embeddings"]  # one wait per batch
+        self._check_finite(torch.from_numpy(vectors), len(packed.lengths))
         per_token = None
         if self.spec.per_token:  # BPE tokens between [CLS] and [SEP], not nucleotides
             host = hidden.cpu().numpy()
             spans = zip(packed.starts().tolist(), packed.lengths, strict=True)
             per_token = [host[start + 1 : start + n - 1].copy() for start, n in spans]
-        return EmbedOutput(pooled={"embeddings": pooled.cpu().numpy()}, per_token=per_token)
+        return EmbedOutput(pooled={"embeddings": vectors}, per_token=per_token)
 
     @torch.inference_mode()
     def forward_padded(self, batch: list[np.ndarray]) -> EmbedOutput:

@@ -37,6 +37,7 @@ from virnucpro.models.packing import (
     attention_kernel,
     mean_matrix,
     pack,
+    to_host,
 )
 
 ALPHABET: tuple[str, ...] = (
@@ -589,13 +590,21 @@ class Esm2Embedder(Embedder):
         return length > MAX_RESIDUES
 
     def forward(self, batch: list[np.ndarray]) -> EmbedOutput:
+        return self.forward_prepared(self.prepare(batch))
+
+    def prepare(self, batch: list[np.ndarray]) -> PackedBatch | None:
+        """The batch packed on the device (None for an empty batch)."""
         if not batch:
+            return None
+        if min(len(ids) for ids in batch) < 3:
+            raise InputError("an encoded protein needs <cls>, at least one residue and <eos>")
+        return pack(batch, self.device)
+
+    def forward_prepared(self, packed: PackedBatch | None) -> EmbedOutput:
+        if packed is None:
             empty = {name: np.zeros((0, self.dim), np.float32) for name in self.output_names}
             return EmbedOutput(empty, [] if self.spec.per_token else None)
-        lengths = [len(ids) for ids in batch]
-        if min(lengths) < 3:
-            raise InputError("an encoded protein needs <cls>, at least one residue and <eos>")
-        packed = pack(batch, self.device)
+        lengths = list(packed.lengths)
         with torch.inference_mode():
             hidden = self.model(packed, self.layers)
             weights = mean_matrix(packed, skip_first=1, skip_last=1)  # residues only
@@ -603,10 +612,10 @@ class Esm2Embedder(Embedder):
                 name: weights @ hidden[layer].float()
                 for name, layer in zip(self.output_names, self.layers, strict=True)
             }
-            finite = torch.stack([torch.isfinite(p).all() for p in pooled.values()]).all()
-            if not bool(finite):
+            arrays = to_host(pooled)  # one wait for the device per batch
+            if not all(np.isfinite(a).all() for a in arrays.values()):
                 raise NumericalError(
-                    f"ESM-2 produced NaN/Inf for a batch of {len(batch)} sequences "
+                    f"ESM-2 produced NaN/Inf for a batch of {len(lengths)} sequences "
                     f"(longest {max(lengths)} tokens) in {_precision_name(self.dtype)}"
                 )
             per_token = None
@@ -614,7 +623,6 @@ class Esm2Embedder(Embedder):
                 first = hidden[self.layers[0]].float().cpu().numpy()
                 spans = zip(packed.starts(), lengths, strict=True)
                 per_token = [first[start + 1 : start + n - 1].copy() for start, n in spans]
-            arrays = {name: p.cpu().numpy().astype(np.float32) for name, p in pooled.items()}
         return EmbedOutput(arrays, per_token)
 
     def describe(self) -> dict:
