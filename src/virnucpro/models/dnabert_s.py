@@ -229,13 +229,14 @@ def find_weights(folder: Path) -> Path:
     raise ModelError(f"{folder}: no DNABERT-S weights found (expected {' or '.join(WEIGHT_FILES)})")
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file or a weights-only ``.bin``; never runs pickle code."""
+def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (read straight onto ``device``) or a weights-only
+    ``.bin``; never runs pickle code."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            raw = load_file(str(path))
+            raw = load_file(str(path), device=device)
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
@@ -251,10 +252,10 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return raw
 
 
-def model_state(path: Path, model: DnabertModel) -> dict[str, torch.Tensor]:
+def model_state(path: Path, model: DnabertModel, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Checkpoint tensors renamed to ``model``'s keys; ModelError naming file and key."""
     found: dict[str, torch.Tensor] = {}
-    for key, tensor in read_weights(path).items():
+    for key, tensor in read_weights(path, device).items():
         name = key.removeprefix("bert.")
         if name.startswith(IGNORED_PREFIXES):
             continue
@@ -281,7 +282,7 @@ def load_model(
     cfg = DnabertConfig.from_file(folder / "config.json")
     with torch.device("meta"):
         model = DnabertModel(cfg)
-    state = {k: t.to(dtype) for k, t in model_state(weights, model).items()}
+    state = {k: t.to(dtype) for k, t in model_state(weights, model, str(device)).items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.set_slopes(alibi_slopes(cfg.num_heads).float())
     return model.to(device).eval()

@@ -326,13 +326,14 @@ def _torch_load(path: Path) -> object:
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
 
-def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+def _read_tensor_file(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of one weights file; safetensors are read straight onto ``device``."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return load_file(str(path), device=device)
         except (SafetensorError, OSError) as exc:
             raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
     data = _torch_load(path)
@@ -499,15 +500,18 @@ def _canonical(
 
 
 def load_esm2_weights(
-    weights: Path,
+    weights: Path, device: str = "cpu"
 ) -> tuple[Esm2Config, dict[str, torch.Tensor], torch.Tensor | None]:
-    """Config, fair-esm-named state dict and checkpoint rotary frequencies (if stored)."""
+    """Config, fair-esm-named state dict and checkpoint rotary frequencies (if stored).
+
+    Safetensors files are read straight onto ``device`` (no host copy of the whole model).
+    """
     if weights.is_dir():
         cfg = read_hf_config(weights)
         raw = {}
         files = hf_weight_files(weights)
         for file in files:
-            raw.update({k: (v, file) for k, v in _read_tensor_file(file).items()})
+            raw.update({k: (v, file) for k, v in _read_tensor_file(file, device).items()})
         state, inv_freq = _canonical(raw, cfg, files[0] if len(files) == 1 else weights, hf=True)
         return cfg, state, inv_freq
     if not weights.is_file():
@@ -649,7 +653,7 @@ def _precision_name(dtype: torch.dtype) -> str:
 
 def load_esm2_embedder(spec: EmbedderSpec, device: torch.device) -> Esm2Embedder:
     """Load the weights a resolved spec points at and build the embedder on ``device``."""
-    cfg, state, inv_freq = load_esm2_weights(Path(spec.weights))
+    cfg, state, inv_freq = load_esm2_weights(Path(spec.weights), str(device))
     resolve_layers(cfg, spec.layers)
     dtype = resolve_dtype(spec.precision, device)
     model = build_esm2_model(cfg, state, inv_freq, device, dtype)
