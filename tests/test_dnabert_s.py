@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from virnucpro.errors import ModelError, NumericalError
+from virnucpro.models.alibi_attention import ENV as ATTENTION_ENV
+from virnucpro.models.alibi_attention import SDPA_ALIBI
 from virnucpro.models.base import load_embedder
 from virnucpro.models.dnabert_s import (
     HUB_ID,
@@ -218,6 +220,46 @@ def test_batched_equals_one_at_a_time(embedder: DnabertEmbedder, seqs) -> None:
         single = embedder.forward([ids]).pooled["embeddings"][0]
         np.testing.assert_allclose(batched[row], single, rtol=0, atol=1e-5)
     np.testing.assert_allclose(shuffled, batched[order], rtol=0, atol=1e-5)
+
+
+def test_packed_equals_padded_and_reference_from_1_to_512_tokens(
+    tiny: Path, embedder: DnabertEmbedder
+) -> None:
+    """The packed forward (the engine's) == the padded path == the float64 one-at-a-time
+    reference, on one batch mixing every kind of length from 1 token to the 512-token ALiBi
+    table of the hub config, equal lengths side by side included (runs of one length)."""
+    cfg = json.loads((tiny / "config.json").read_text())
+    assert cfg["alibi_starting_size"] == 512
+    state = read_state(tiny)
+    rng = np.random.default_rng(11)
+    lengths = [512, 511, 300, 257, 256, 256, 256, 130, 64, 63, 17, 3, 2, 2, 1, 1]
+    batch = [rng.integers(0, cfg["vocab_size"], size=n).astype(np.int64) for n in lengths]
+    assert embedder.packed
+    packed = embedder.forward(batch).pooled["embeddings"]
+    padded = embedder.forward_padded(batch).pooled["embeddings"]
+    np.testing.assert_allclose(packed, padded, rtol=0, atol=1e-5)
+    for row, ids in enumerate(batch):
+        want = reference_embedding(state, cfg, ids.tolist())
+        np.testing.assert_allclose(packed[row], want, rtol=0, atol=1e-5)
+        alone = embedder.forward([ids]).pooled["embeddings"][0]
+        np.testing.assert_allclose(packed[row], alone, rtol=0, atol=1e-5)
+
+
+def test_packed_per_token_equals_padded(tiny: Path) -> None:
+    spec = resolve_dnabert(str(tiny))
+    emb = load_dnabert_embedder(type(spec)(**{**spec.__dict__, "per_token": True}), CPU)
+    ids = [emb.encode("ACGTACGGCTAGC" * 7), emb.encode("ACG" * 30), emb.encode("ACG" * 30)]
+    packed, padded = emb.forward(ids), emb.forward_padded(ids)
+    assert [t.shape for t in packed.per_token] == [t.shape for t in padded.per_token]
+    for a, b in zip(packed.per_token, padded.per_token, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_attention_kernel_is_recorded(embedder: DnabertEmbedder, monkeypatch) -> None:
+    assert embedder.describe()["attention"] == SDPA_ALIBI  # CPU, fp32
+    monkeypatch.setenv(ATTENTION_ENV, "no-such-kernel")
+    with pytest.raises(ValueError, match=ATTENTION_ENV):
+        embedder.describe()
 
 
 def test_padding_content_does_not_leak(embedder: DnabertEmbedder) -> None:

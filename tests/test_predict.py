@@ -208,3 +208,14 @@ def test_selfcheck_runs_the_pipeline_offline_with_the_precision_asked(tmp_path):
     for stage in ("dnabert_s", "esm2"):
         with h5py.File(out / "predict" / "stages" / stage / "embeddings.h5", "r") as f:
             assert f.attrs["precision"] == "bfloat16"
+
+
+def test_both_stages_run_packed_with_no_padding(example_run):
+    """DNABERT-S packs its batches like ESM-2: no padded slot is computed in either stage,
+    and each stage's HDF5 records the attention kernel used."""
+    for stage, kernel in (("dnabert_s", "sdpa-alibi-per-length"), ("esm2", "sdpa-per-length")):
+        report = json.loads((example_run / "stages" / stage / "run.json").read_text())
+        assert report["padding_fraction"] == 0.0, stage
+        assert report["tokens"] > 0
+        with h5py.File(example_run / "stages" / stage / "embeddings.h5", "r") as f:
+            assert f.attrs["attention"] == kernel, stage

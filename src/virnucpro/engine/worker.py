@@ -26,6 +26,7 @@ import torch
 
 from virnucpro.engine.batching import computed_slots, token_budget_batches
 from virnucpro.engine.hooks import OutOfMemoryError, TestHooks, during_load
+from virnucpro.engine.overlap import Prefetcher, overlap_enabled
 from virnucpro.engine.unitfile import UnitResult, write_unit
 from virnucpro.errors import ValidationError, VirnucproError
 from virnucpro.io.diskerrors import QuietFileHandler, disk_error, is_disk_error
@@ -83,6 +84,7 @@ class UnitRunner:
         self.index = SequenceIndex.open(config.index_dir)
         self.hooks = TestHooks(config.rank, log)
         self.budget = config.tokens_per_batch
+        self.overlap = overlap_enabled(embedder.device)
         self.oom_splits = 0
         self.stats: dict = {}
 
@@ -113,15 +115,22 @@ class UnitRunner:
         failures: list[tuple[int, str]] = []
         tokens = slots = 0
         packed = self.embedder.packed
-        for batch in token_budget_batches([len(e) for e in encoded], self.budget, packed):
-            if self.should_stop():
-                raise StopRequested
-            self._embed(batch, ids, encoded, vectors, per_token, ok, failures)
-            sizes = [len(encoded[i]) for i in batch]
-            real, width = sum(sizes), computed_slots(sizes, packed)
-            tokens += real
-            slots += width
-            self.on_batch(key, len(batch), real, width)
+        batches = token_budget_batches([len(e) for e in encoded], self.budget, packed)
+        with Prefetcher(
+            batches,
+            lambda b: self.embedder.prepare([encoded[i] for i in b]),
+            enabled=self.overlap,
+        ) as prefetched:  # batch k+1 prepared while batch k runs (CUDA; engine/overlap.py)
+            for batch, prepared in prefetched:
+                if self.should_stop():
+                    raise StopRequested
+                ahead = prepared if self.overlap else None  # off: plain embedder.forward
+                self._embed(batch, ids, encoded, vectors, per_token, ok, failures, ahead)
+                sizes = [len(encoded[i]) for i in batch]
+                real, width = sum(sizes), computed_slots(sizes, packed)
+                tokens += real
+                slots += width
+                self.on_batch(key, len(batch), real, width)
         keep = np.flatnonzero(ok)
         result = UnitResult(
             key=key,
@@ -149,11 +158,14 @@ class UnitRunner:
         }
         return result
 
-    def _embed(self, batch, ids, encoded, vectors, per_token, ok, failures) -> None:
+    def _embed(self, batch, ids, encoded, vectors, per_token, ok, failures, prepared=None) -> None:
         """Forward one batch; on out-of-memory, halve the budget and split the batch."""
         try:
             self.hooks.before_batch([ids[i] for i in batch])  # may simulate out-of-memory
-            output = self.embedder.forward([encoded[i] for i in batch])
+            if prepared is None:
+                output = self.embedder.forward([encoded[i] for i in batch])
+            else:
+                output = self.embedder.forward_prepared(prepared())
         except OutOfMemoryError:
             if self.embedder.device.type == "cuda":
                 torch.cuda.empty_cache()

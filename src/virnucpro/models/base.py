@@ -117,6 +117,15 @@ class Embedder(ABC):
     def forward(self, batch: list[np.ndarray]) -> EmbedOutput:
         """Embed a batch of encoded sequences (any lengths; padding is handled here)."""
 
+    def prepare(self, batch: list[np.ndarray]) -> object:
+        """The host-side work of a batch (packing, copy to the device), for
+        ``forward_prepared``; may run in a background thread (``engine/overlap.py``)."""
+        return batch
+
+    def forward_prepared(self, prepared: object) -> EmbedOutput:
+        """``forward`` of a batch that ``prepare`` returned."""
+        return self.forward(prepared)
+
     def describe(self) -> dict:
         """Attributes recorded in the output file (model name, layers, pooling, ...)."""
         return {}

@@ -5,8 +5,10 @@ This module rebuilds the architecture (post-LN encoder, fused Wqkv, symmetric AL
 gated-GELU MLP), loads the weights without executing pickle code, tokenizes with the
 repo's ``tokenizer.json`` through the ``tokenizers`` library, and pools the way VirNucPro
 did: the mean of the last layer over ALL token positions, [CLS] and [SEP] included.
-Padding is masked out of both the attention and the mean, so a batch gives the same
-vectors as one sequence at a time.
+Batches run packed (``models/packing.py``): the sequences are one token vector, attention
+with its ALiBi bias stays inside each sequence (``models/alibi_attention.py``), and no padded
+slot is computed, so a batch gives the same vectors as one sequence at a time. The padded
+path (``forward_padded``) is kept as a reference.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from tokenizers import Tokenizer, processors
 from torch import nn
 
 from virnucpro.errors import ModelError, NumericalError
+from virnucpro.models.alibi_attention import (
+    BiasCache,
+    alibi_attention_for,
+    alibi_bias,
+    alibi_kernel,
+)
 from virnucpro.models.base import (
     Embedder,
     EmbedderSpec,
@@ -30,6 +38,7 @@ from virnucpro.models.base import (
     resolve_dtype,
     uninitialised_embedding,
 )
+from virnucpro.models.packing import Attention, PackedBatch, mean_matrix, pack, to_host
 
 HUB_ID = "zhihan1996/DNABERT-S"
 CATALOG_NAME = "DNABERT-S"  # its name for `virnucpro download`
@@ -46,6 +55,10 @@ IGNORED_PREFIXES = ("pooler.", "cls.")
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
     """ALiBi slopes (float64) for ``n_heads`` heads, non-power-of-two rule included."""
+    return torch.tensor(_slope_values(n_heads), dtype=torch.float64)
+
+
+def _slope_values(n_heads: int) -> list[float]:
     if n_heads < 1:
         raise ValueError(f"n_heads must be positive, not {n_heads}")
 
@@ -56,13 +69,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     slopes = power_of_two(base)
     if base != n_heads:
         slopes += power_of_two(2 * base)[0::2][: n_heads - base]
-    return torch.tensor(slopes, dtype=torch.float64)
-
-
-def alibi_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
-    """Symmetric ALiBi bias of shape (heads, length, length): ``-slope * |i - j|``."""
-    pos = torch.arange(length, device=slopes.device, dtype=slopes.dtype)
-    return -slopes[:, None, None] * (pos[None, :] - pos[:, None]).abs()[None]
+    return slopes
 
 
 @dataclass(frozen=True)
@@ -137,13 +144,24 @@ class _Layer(nn.Module):
             }
         )
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: Attention) -> torch.Tensor:
+        """``x`` (N, H): the batch's tokens packed back to back; ``attend`` keeps each
+        sequence to itself with its ALiBi bias."""
+        n, h = x.shape
+        qkv = self.attention["self"]["Wqkv"](x).view(n, 3, self.heads, h // self.heads)
+        ctx = attend(qkv[:, 0], qkv[:, 1], qkv[:, 2]).reshape(n, h)
+        return self._rest(x, ctx)
+
+    def forward_padded(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``x`` (B, L, H); ``bias`` additive attention bias broadcastable to (B, heads, L, L)."""
         b, n, h = x.shape
         qkv = self.attention["self"]["Wqkv"](x).view(b, n, 3, self.heads, h // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, d)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        ctx = ctx.transpose(1, 2).reshape(b, n, h)
+        return self._rest(x, ctx.transpose(1, 2).reshape(b, n, h))
+
+    def _rest(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Output projection, post-LN residuals and the gated-GELU MLP (any leading shape)."""
         out = self.attention["output"]
         x = out["LayerNorm"](out["dense"](ctx) + x)
         gate, value = self.mlp["gated_layers"](x).chunk(2, dim=-1)
@@ -168,19 +186,38 @@ class DnabertModel(nn.Module):
             {"layer": nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_layers))}
         )
         self.register_buffer("slopes", alibi_slopes(cfg.num_heads).float(), persistent=False)
+        self.head_dim = h // cfg.num_heads
+        self.biases = BiasCache(_slope_values(cfg.num_heads))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``ids`` (B, L) token ids, ``mask`` (B, L) bool, True on real tokens."""
+    def set_slopes(self, slopes: torch.Tensor) -> None:
+        """The ALiBi slopes (fp32, kept in fp32 whatever the model's dtype)."""
+        self.slopes = slopes.float()
+        self.biases = BiasCache(slopes.tolist())
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         emb = self.embeddings
         x = emb["word_embeddings"](ids) + emb["token_type_embeddings"].weight[0]
-        x = emb["LayerNorm"](x)
+        return emb["LayerNorm"](x)
+
+    def forward(self, packed: PackedBatch) -> torch.Tensor:
+        """Last-layer hidden states (N, H) of the packed tokens; no padded slot computed."""
+        x = self._embed(packed.tokens)
+        attend = alibi_attention_for(packed, self.biases, x.dtype, self.head_dim)
+        for layer in self.encoder["layer"]:
+            x = layer(x, attend)
+        return x
+
+    def forward_padded(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The padded path (reference and benchmarks): ``ids`` (B, L) token ids, ``mask``
+        (B, L) bool, True on real tokens; a dense (B, heads, L, L) ALiBi + padding bias."""
+        x = self._embed(ids)
         bias = alibi_bias(self.slopes, ids.shape[1])[None]  # fp32 (1, heads, L, L)
         if not bool(mask.all()):
             pad = torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device)
             bias = bias + pad.masked_fill(~mask, float("-inf"))[:, None, None, :]
         bias = bias.to(x.dtype)
         for layer in self.encoder["layer"]:
-            x = layer(x, bias)
+            x = layer.forward_padded(x, bias)
         return x
 
 
@@ -192,13 +229,14 @@ def find_weights(folder: Path) -> Path:
     raise ModelError(f"{folder}: no DNABERT-S weights found (expected {' or '.join(WEIGHT_FILES)})")
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file or a weights-only ``.bin``; never runs pickle code."""
+def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (read straight onto ``device``) or a weights-only
+    ``.bin``; never runs pickle code."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            raw = load_file(str(path))
+            raw = load_file(str(path), device=device)
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
@@ -214,10 +252,10 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return raw
 
 
-def model_state(path: Path, model: DnabertModel) -> dict[str, torch.Tensor]:
+def model_state(path: Path, model: DnabertModel, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Checkpoint tensors renamed to ``model``'s keys; ModelError naming file and key."""
     found: dict[str, torch.Tensor] = {}
-    for key, tensor in read_weights(path).items():
+    for key, tensor in read_weights(path, device).items():
         name = key.removeprefix("bert.")
         if name.startswith(IGNORED_PREFIXES):
             continue
@@ -244,9 +282,9 @@ def load_model(
     cfg = DnabertConfig.from_file(folder / "config.json")
     with torch.device("meta"):
         model = DnabertModel(cfg)
-    state = {k: t.to(dtype) for k, t in model_state(weights, model).items()}
+    state = {k: t.to(dtype) for k, t in model_state(weights, model, str(device)).items()}
     model.load_state_dict(state, strict=True, assign=True)
-    model.slopes = alibi_slopes(cfg.num_heads).float()
+    model.set_slopes(alibi_slopes(cfg.num_heads).float())
     return model.to(device).eval()
 
 
@@ -278,6 +316,7 @@ class DnabertEmbedder(Embedder):
     """DNABERT-S on one device: mean of the last layer over all tokens, [CLS]/[SEP] included."""
 
     output_names = ["embeddings"]
+    packed = True  # sequences back to back: budgets count real tokens
 
     def __init__(self, spec: EmbedderSpec, device: torch.device) -> None:
         folder = Path(spec.weights)
@@ -315,29 +354,61 @@ class DnabertEmbedder(Embedder):
         """True when ``encode`` cuts a sequence of ``length`` nucleotides."""
         return length > self.max_tokens - 2
 
-    @torch.inference_mode()
     def forward(self, batch: list[np.ndarray]) -> EmbedOutput:
-        """Pad with [PAD], mask padding out of attention and mean; fp32 pooling."""
+        """Packed: the batch is one token vector, attention and ALiBi stay inside each
+        sequence, no padded slot is computed; fp32 pooling over all tokens."""
+        return self.forward_prepared(self.prepare(batch))
+
+    def prepare(self, batch: list[np.ndarray]) -> PackedBatch | None:
+        """The batch packed on the device (None for an empty batch)."""
+        return pack(batch, self.device) if batch else None
+
+    @torch.inference_mode()
+    def forward_prepared(self, packed: PackedBatch | None) -> EmbedOutput:
+        if packed is None:
+            return self._empty()
+        hidden = self.model(packed).float()
+        pooled = mean_matrix(packed, skip_first=0, skip_last=0) @ hidden
+        vectors = to_host({"embeddings": pooled})["embeddings"]  # one wait per batch
+        self._check_finite(torch.from_numpy(vectors), len(packed.lengths))
+        per_token = None
+        if self.spec.per_token:  # BPE tokens between [CLS] and [SEP], not nucleotides
+            host = hidden.cpu().numpy()
+            spans = zip(packed.starts().tolist(), packed.lengths, strict=True)
+            per_token = [host[start + 1 : start + n - 1].copy() for start, n in spans]
+        return EmbedOutput(pooled={"embeddings": vectors}, per_token=per_token)
+
+    @torch.inference_mode()
+    def forward_padded(self, batch: list[np.ndarray]) -> EmbedOutput:
+        """The padded path (before packing; kept as a reference): pad with [PAD], mask padding
+        out of attention and mean."""
         if not batch:
-            return EmbedOutput(pooled={"embeddings": np.zeros((0, self.dim), np.float32)})
+            return self._empty()
         lengths = torch.tensor([len(ids) for ids in batch], device=self.device)
         ids = torch.full((len(batch), int(lengths.max())), self.pad_id, dtype=torch.long)
         for row, seq_ids in enumerate(batch):
             ids[row, : len(seq_ids)] = torch.as_tensor(seq_ids, dtype=torch.long)
         ids = ids.to(self.device)
         mask = torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]
-        hidden = self.model(ids, mask).float()
+        hidden = self.model.forward_padded(ids, mask).float()
         pooled = (hidden * mask[..., None]).sum(dim=1) / lengths[:, None].float()
+        self._check_finite(pooled, len(batch))
+        per_token = None
+        if self.spec.per_token:
+            per_token = [hidden[r, 1 : int(n) - 1].cpu().numpy() for r, n in enumerate(lengths)]
+        return EmbedOutput(pooled={"embeddings": pooled.cpu().numpy()}, per_token=per_token)
+
+    def _empty(self) -> EmbedOutput:
+        empty = {"embeddings": np.zeros((0, self.dim), np.float32)}
+        return EmbedOutput(pooled=empty, per_token=[] if self.spec.per_token else None)
+
+    def _check_finite(self, pooled: torch.Tensor, size: int) -> None:
         if not bool(torch.isfinite(pooled).all()):
             bad = (~torch.isfinite(pooled).all(dim=1)).nonzero().flatten().tolist()
             raise NumericalError(
                 f"DNABERT-S ({self.spec.name}, {self.dtype}) produced NaN/Inf for "
-                f"{len(bad)} of {len(batch)} sequences in a batch (rows {bad[:5]})"
+                f"{len(bad)} of {size} sequences in a batch (rows {bad[:5]})"
             )
-        per_token = None
-        if self.spec.per_token:  # BPE tokens between [CLS] and [SEP], not nucleotides
-            per_token = [hidden[r, 1 : int(n) - 1].cpu().numpy() for r, n in enumerate(lengths)]
-        return EmbedOutput(pooled={"embeddings": pooled.cpu().numpy()}, per_token=per_token)
 
     def describe(self) -> dict:
         """Attributes recorded in the output file (the names of docs/FORMATS.md)."""
@@ -348,6 +419,9 @@ class DnabertEmbedder(Embedder):
             "embed_dim": self.dim,
             "pooling": "mean over all tokens including [CLS] and [SEP]",
             "truncation": self.max_tokens - 2,  # nucleotides kept ([CLS] and [SEP] added)
+            "attention": alibi_kernel(
+                self.device, self.dtype, self.model.head_dim, self.model.cfg.num_heads
+            ),
         }
 
 

@@ -37,6 +37,7 @@ from virnucpro.models.packing import (
     attention_kernel,
     mean_matrix,
     pack,
+    to_host,
 )
 
 ALPHABET: tuple[str, ...] = (
@@ -343,13 +344,14 @@ def _torch_load(path: Path) -> object:
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
 
-def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+def _read_tensor_file(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of one weights file; safetensors are read straight onto ``device``."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return load_file(str(path), device=device)
         except (SafetensorError, OSError) as exc:
             raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
     data = _torch_load(path)
@@ -516,15 +518,18 @@ def _canonical(
 
 
 def load_esm2_weights(
-    weights: Path,
+    weights: Path, device: str = "cpu"
 ) -> tuple[Esm2Config, dict[str, torch.Tensor], torch.Tensor | None]:
-    """Config, fair-esm-named state dict and checkpoint rotary frequencies (if stored)."""
+    """Config, fair-esm-named state dict and checkpoint rotary frequencies (if stored).
+
+    Safetensors files are read straight onto ``device`` (no host copy of the whole model).
+    """
     if weights.is_dir():
         cfg = read_hf_config(weights)
         raw = {}
         files = hf_weight_files(weights)
         for file in files:
-            raw.update({k: (v, file) for k, v in _read_tensor_file(file).items()})
+            raw.update({k: (v, file) for k, v in _read_tensor_file(file, device).items()})
         state, inv_freq = _canonical(raw, cfg, files[0] if len(files) == 1 else weights, hf=True)
         return cfg, state, inv_freq
     if not weights.is_file():
@@ -611,13 +616,21 @@ class Esm2Embedder(Embedder):
         return length > MAX_RESIDUES
 
     def forward(self, batch: list[np.ndarray]) -> EmbedOutput:
+        return self.forward_prepared(self.prepare(batch))
+
+    def prepare(self, batch: list[np.ndarray]) -> PackedBatch | None:
+        """The batch packed on the device (None for an empty batch)."""
         if not batch:
+            return None
+        if min(len(ids) for ids in batch) < 3:
+            raise InputError("an encoded protein needs <cls>, at least one residue and <eos>")
+        return pack(batch, self.device)
+
+    def forward_prepared(self, packed: PackedBatch | None) -> EmbedOutput:
+        if packed is None:
             empty = {name: np.zeros((0, self.dim), np.float32) for name in self.output_names}
             return EmbedOutput(empty, [] if self.spec.per_token else None)
-        lengths = [len(ids) for ids in batch]
-        if min(lengths) < 3:
-            raise InputError("an encoded protein needs <cls>, at least one residue and <eos>")
-        packed = pack(batch, self.device)
+        lengths = list(packed.lengths)
         with torch.inference_mode():
             hidden = self.model(packed, self.layers)
             weights = mean_matrix(packed, skip_first=1, skip_last=1)  # residues only
@@ -625,10 +638,10 @@ class Esm2Embedder(Embedder):
                 name: weights @ hidden[layer].float()
                 for name, layer in zip(self.output_names, self.layers, strict=True)
             }
-            finite = torch.stack([torch.isfinite(p).all() for p in pooled.values()]).all()
-            if not bool(finite):
+            arrays = to_host(pooled)  # one wait for the device per batch
+            if not all(np.isfinite(a).all() for a in arrays.values()):
                 raise NumericalError(
-                    f"ESM-2 produced NaN/Inf for a batch of {len(batch)} sequences "
+                    f"ESM-2 produced NaN/Inf for a batch of {len(lengths)} sequences "
                     f"(longest {max(lengths)} tokens) in {_precision_name(self.dtype)}"
                 )
             per_token = None
@@ -641,7 +654,6 @@ class Esm2Embedder(Embedder):
                     per_token[name] = [rows[s + 1 : s + n - 1].copy() for s, n in spans]
                 if len(per_token) == 1:
                     per_token = per_token[self.output_names[0]]
-            arrays = {name: p.cpu().numpy().astype(np.float32) for name, p in pooled.items()}
         return EmbedOutput(arrays, per_token)
 
     def describe(self) -> dict:
@@ -666,7 +678,7 @@ def _precision_name(dtype: torch.dtype) -> str:
 
 def load_esm2_embedder(spec: EmbedderSpec, device: torch.device) -> Esm2Embedder:
     """Load the weights a resolved spec points at and build the embedder on ``device``."""
-    cfg, state, inv_freq = load_esm2_weights(Path(spec.weights))
+    cfg, state, inv_freq = load_esm2_weights(Path(spec.weights), str(device))
     resolve_layers(cfg, spec.layers)
     dtype = resolve_dtype(spec.precision, device)
     model = build_esm2_model(cfg, state, inv_freq, device, dtype)

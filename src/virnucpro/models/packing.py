@@ -60,8 +60,13 @@ def pack(batch: list[np.ndarray], device: torch.device) -> PackedBatch:
             runs.append((int(cu[first]), index - first, int(lengths[first])))
             first = index
 
+    cuda = torch.device(device).type == "cuda"
+
     def put(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+        host = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        if cuda:  # from pinned memory, queued behind the kernels already launched
+            return host.pin_memory().to(device, non_blocking=True)
+        return host.to(device)
 
     return PackedBatch(
         tokens=put(np.concatenate(batch), torch.int64),
@@ -147,3 +152,16 @@ def _flash_varlen_works(device: str, dtype: torch.dtype, head_dim: int) -> bool:
     if not ok:
         log.warning("FlashAttention varlen disagrees with SDPA on %s: not used", device)
     return ok
+
+
+def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """fp32 host copies of (B, C) results. On CUDA: non-blocking copies into pinned memory,
+    then one wait for the stream (no separate synchronising check before the copy)."""
+    values = [t.float() for t in tensors.values()]
+    if not values or values[0].device.type != "cuda":
+        return {name: t.cpu().numpy() for name, t in zip(tensors, values, strict=True)}
+    host = [torch.empty(t.shape, dtype=torch.float32, pin_memory=True) for t in values]
+    for target, source in zip(host, values, strict=True):
+        target.copy_(source, non_blocking=True)
+    torch.cuda.current_stream(values[0].device).synchronize()
+    return {name: h.numpy() for name, h in zip(tensors, host, strict=True)}
