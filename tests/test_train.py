@@ -8,89 +8,16 @@ join by id, bounded-memory reading, the training loop), not biology.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import signal
-from functools import cache
 from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
-from conftest import SHARED, run_cli, write_fasta
+from conftest import run_cli
 from safetensors.torch import load_file
-
-from virnucpro.io.fasta import read_records
-
-CONTIG = SHARED / "data" / "SRR492066.fna.gz"
-GENOME = SHARED / "data" / "GCF_001457455.1_NCTC11397_genomic.fna.gz"
-C = 150
-
-
-@cache
-def contig() -> str:
-    return next(read_records(CONTIG)).seq
-
-
-@cache
-def genome() -> str:
-    return next(read_records(GENOME)).seq
-
-
-def windows(seq: str, prefix: str, n: int, length: int, offset: int) -> list[tuple[str, str]]:
-    return [(f"{prefix}_{i}", seq[offset + i * length :][:length]) for i in range(n)]
-
-
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    from virnucpro.pipeline.selfcheck import write_random_models
-
-    return write_random_models(tmp_path_factory.mktemp("train_models"))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("train_data")
-    viral = write_fasta(d / "viral.fa", windows(contig(), "V", 40, 1500, 0))
-    other = write_fasta(d / "other.fa", windows(genome(), "G", 40, 1500, 100_000))
-    out = d / "data"
-    r = run_cli(
-        "make-dataset",
-        "--viral",
-        str(viral),
-        "--other",
-        str(other),
-        "-o",
-        str(out),
-        "--chunk-size",
-        str(C),
-        "-q",
-    )
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-def train_args(data: Path, out: Path, models: dict[str, Path], *extra: str) -> list[str]:
-    return [
-        "train", str(data), "-o", str(out), "--esm-model", str(models["esm"]),
-        "--dnabert-model", str(models["dnabert"]), "--devices", "cpu", "--workers", "1",
-        "--quiet", *extra,
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir, models) -> Path:
-    out = tmp_path_factory.mktemp("train_out") / "model"
-    r = run_cli(*train_args(data_dir, out, models))
-    assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stderr
-    return out
+from training_support import C, read_tsv, train_args
 
 
 def weights(model_dir: Path) -> dict:
@@ -102,19 +29,19 @@ def same_weights(a: Path, b: Path) -> bool:
     return set(wa) == set(wb) and all(bool((wa[k] == wb[k]).all()) for k in wa)
 
 
-def test_learnable_task_trains(trained: Path, data_dir: Path, models) -> None:
+def test_learnable_task_trains(trained_model: Path, train_data: Path, train_models) -> None:
     from virnucpro.api import resolve_model
     from virnucpro.pipeline.trained_classifier import training_metadata
 
-    metrics = json.loads((trained / "metrics.json").read_text())
+    metrics = json.loads((trained_model / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.9, metrics
-    dataset = json.loads((data_dir / "dataset.json").read_text())
+    dataset = json.loads((train_data / "dataset.json").read_text())
     assert metrics["counts"]["total"] == dataset["counts"]["by_split"]["validation"]["total"]
     cm = metrics["confusion_matrix"]
     assert cm["tn"] + cm["fp"] + cm["fn"] + cm["tp"] == metrics["counts"]["total"]
     for key in ("precision", "recall", "f1", "mcc", "auroc", "auprc"):
         assert metrics[key] is not None
-    log = read_tsv(trained / "training_log.tsv")
+    log = read_tsv(trained_model / "training_log.tsv")
     assert list(log[0]) == [
         "epoch", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "mcc",
         "auroc", "lr",
@@ -127,55 +54,59 @@ def test_learnable_task_trains(trained: Path, data_dir: Path, models) -> None:
     # early stopping with patience 5 (or the epoch limit)
     assert len(log) == 200 or len(log) - metrics["best_epoch"] == 5
     assert float(log[0]["lr"]) == 2e-4 and (len(log) <= 10 or float(log[10]["lr"]) == 2e-4 * 0.85)
-    meta = training_metadata(trained / "classifier.safetensors")
+    meta = training_metadata(trained_model / "classifier.safetensors")
     assert meta["chunk_size"] == C and meta["class_names"] == ["others", "virus"]
     assert meta["dataset_fingerprint"] == dataset["fingerprint"]
     assert meta["best_epoch"] == metrics["best_epoch"]
     assert meta["feature_layout"][1] == {"model": "esm2", "start": 48, "stop": 80}
-    assert meta["feature_models"]["esm2"]["sha256"] == resolve_model(str(models["esm"])).checksum
-    dna = resolve_model(str(models["dnabert"]))
+    esm = resolve_model(str(train_models["esm"]))
+    assert meta["feature_models"]["esm2"]["sha256"] == esm.checksum
+    dna = resolve_model(str(train_models["dnabert"]))
     assert meta["feature_models"]["dnabert_s"]["sha256"] == dna.checksum
     assert meta["hyperparameters"]["lr"] == 2e-4 and meta["virnucpro_version"]
     for name in ("loss", "roc", "pr"):
-        assert (trained / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    run = json.loads((trained / "run.json").read_text())
+        assert (trained_model / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    run = json.loads((trained_model / "run.json").read_text())
     assert run["stages"]["esm2"]["embedded"] == dataset["counts"]["frames"]
     assert run["stages"]["dnabert_s"]["embedded"] == dataset["counts"]["frames"]
 
 
 def test_same_seed_identical_weights_other_seed_differs(
-    tmp_path: Path, trained: Path, data_dir: Path, models
+    tmp_path: Path, trained_model: Path, train_data: Path, train_models
 ) -> None:
     again = tmp_path / "again"
     again.mkdir()
-    shutil.copytree(trained / "stages", again / "stages")  # features reused, not recomputed
-    r = run_cli(*train_args(data_dir, again, models))
+    shutil.copytree(trained_model / "stages", again / "stages")  # features reused, not recomputed
+    r = run_cli(*train_args(train_data, again, train_models))
     assert r.returncode == 0, r.stderr
-    assert same_weights(trained, again)
-    assert (again / "training_log.tsv").read_text() == (trained / "training_log.tsv").read_text()
+    assert same_weights(trained_model, again)
+    log = (trained_model / "training_log.tsv").read_text()
+    assert (again / "training_log.tsv").read_text() == log
     other = tmp_path / "seed7"
     other.mkdir()
-    shutil.copytree(trained / "stages", other / "stages")
-    r = run_cli(*train_args(data_dir, other, models, "--seed", "7"))
+    shutil.copytree(trained_model / "stages", other / "stages")
+    r = run_cli(*train_args(train_data, other, train_models, "--seed", "7"))
     assert r.returncode == 0, r.stderr
-    assert not same_weights(trained, other)
+    assert not same_weights(trained_model, other)
 
 
 def test_sigkill_between_epochs_resumes_to_identical_weights(
-    tmp_path: Path, trained: Path, data_dir: Path, models
+    tmp_path: Path, trained_model: Path, train_data: Path, train_models
 ) -> None:
     out = tmp_path / "killed"
     out.mkdir()
-    shutil.copytree(trained / "stages", out / "stages")
-    r = run_cli(*train_args(data_dir, out, models), env={"VIRNUCPRO_TEST_KILL_AFTER_EPOCH": "3"})
+    shutil.copytree(trained_model / "stages", out / "stages")
+    kill = {"VIRNUCPRO_TEST_KILL_AFTER_EPOCH": "3"}
+    r = run_cli(*train_args(train_data, out, train_models), env=kill)
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert (out / "checkpoint.pt").exists() and not (out / "classifier.safetensors").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
-    r = run_cli(*train_args(data_dir, out, models))
+    r = run_cli(*train_args(train_data, out, train_models))
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "run.json").read_text())["resumed_from_epoch"] == 3
-    assert same_weights(trained, out)
-    assert (out / "training_log.tsv").read_text() == (trained / "training_log.tsv").read_text()
+    assert same_weights(trained_model, out)
+    log = (trained_model / "training_log.tsv").read_text()
+    assert (out / "training_log.tsv").read_text() == log
 
 
 def assert_refused(r, out: Path, *words: str) -> None:
@@ -187,23 +118,23 @@ def assert_refused(r, out: Path, *words: str) -> None:
 
 
 def test_bad_training_inputs_one_line_nothing_written(
-    tmp_path: Path, data_dir: Path, models
+    tmp_path: Path, train_data: Path, train_models
 ) -> None:
     out = tmp_path / "model"
-    r = run_cli(*train_args(tmp_path / "nowhere", out, models))
+    r = run_cli(*train_args(tmp_path / "nowhere", out, train_models))
     assert_refused(r, out, "nowhere", "no such folder")
-    r = run_cli(*train_args(models["esm"], out, models))
+    r = run_cli(*train_args(train_models["esm"], out, train_models))
     assert_refused(r, out, "dataset.json", "make-dataset")
     edited = tmp_path / "edited"
-    shutil.copytree(data_dir, edited)
+    shutil.copytree(train_data, edited)
     with open(edited / "frames_protein.faa", "a") as f:
         f.write(">extra\nMKV\n")
-    r = run_cli(*train_args(edited, out, models))
+    r = run_cli(*train_args(edited, out, train_models))
     assert_refused(r, out, "edited", "fingerprint")
-    r = run_cli(*train_args(data_dir, out, models, "--epochs", "0"))
+    r = run_cli(*train_args(train_data, out, train_models, "--epochs", "0"))
     assert_refused(r, out, "--epochs")
-    bad = dict(models, esm=tmp_path / "no_model")
-    r = run_cli(*train_args(data_dir, out, bad))
+    bad = dict(train_models, esm=tmp_path / "no_model")
+    r = run_cli(*train_args(train_data, out, bad))
     assert_refused(r, out, "no_model")
 
 
