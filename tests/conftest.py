@@ -127,3 +127,6 @@ def read_h5(path: Path) -> tuple[list[str], np.ndarray]:
     """(ids, embeddings) of an output file."""
     with h5py.File(path, "r") as f:
         return [s.decode() for s in f["ids"][()]], f["embeddings"][()]
+
+
+from training_support import train_data, train_models, trained_model  # noqa: E402, F401

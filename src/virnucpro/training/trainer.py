@@ -51,6 +51,14 @@ LOG_COLUMNS = (
     "lr",
 )
 KILL_HOOK = "VIRNUCPRO_TEST_KILL_AFTER_EPOCH"  # tests: SIGKILL after this epoch's checkpoint
+SMALL_STEP_MACS = 1 << 22  # below this many multiply-adds per batch, threads cost more than win
+
+
+def cpu_threads(width: int, hyper: Hyperparameters) -> int | None:
+    """1 for a small MLP (thread start-up and spinning dominate a tiny matmul, badly so on a
+    busy machine); None (torch's default) otherwise. Fixed per configuration, so the choice
+    never changes the numbers between two runs of the same training."""
+    return 1 if width * hyper.hidden * hyper.batch_size < SMALL_STEP_MACS else None
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,9 @@ class Trainer:
         self.rows, self.hyper, self.key = rows, hyper, key
         self.path = Path(folder) / CHECKPOINT
         self.device = torch.device(device)
+        threads = cpu_threads(rows.width, hyper)
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(threads)
         self.quiet = quiet
         self.say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
         self.model = build_model(rows.width, hyper).to(self.device)
@@ -280,6 +291,6 @@ class Trainer:
                 loss = F.cross_entropy(self.model(xb), yb)
                 loss.backward()
                 self.optimizer.step()
-                total += float(loss) * len(y)
+                total += float(loss.detach()) * len(y)
                 seen += len(y)
         return total / max(seen, 1)
