@@ -99,7 +99,7 @@ class UnitRunner:
         started = time.perf_counter()
         splits_before = self.oom_splits
         ids = [self.index.ids[p] for p in positions.tolist()]
-        seqs = [self.embedder.prepare(s) for s in self.index.sequences(positions)]
+        seqs = [self.embedder.residues(s) for s in self.index.sequences(positions)]
         encoded = [self.embedder.encode(s) for s in seqs]
         n = len(ids)
         vectors = {

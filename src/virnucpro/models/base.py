@@ -97,7 +97,7 @@ class Embedder(ABC):
     dtype: torch.dtype
     packed: bool = False  # forward computes real tokens only (sequences back to back)
 
-    def prepare(self, seq: str) -> str:
+    def residues(self, seq: str) -> str:
         """The residues to embed of an input sequence (its stored length is then this one's)."""
         return seq
 

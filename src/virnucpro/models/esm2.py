@@ -602,7 +602,7 @@ class Esm2Embedder(Embedder):
         else:
             self.output_names = [f"embeddings_layer_{layer}" for layer in self.layers]
 
-    def prepare(self, seq: str) -> str:
+    def residues(self, seq: str) -> str:
         """One trailing ``*`` (a stop codon, as Prodigal writes on every gene) is dropped."""
         return strip_stop(seq)
 
