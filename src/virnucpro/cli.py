@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         from virnucpro.io.diskerrors import disk_error, is_disk_error
 
         if is_disk_error(exc):  # a full or read-only disk outside the engine: one line
-            print(f"error: {disk_error(exc)}", file=sys.stderr)
+            print(f"error: {disk_error(exc, getattr(args, 'output_dir', None))}", file=sys.stderr)
             return EXIT_ERROR
         print(
             f"error: unexpected {type(exc).__name__}: {exc} (this is a bug; re-run with --debug "

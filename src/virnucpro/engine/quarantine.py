@@ -42,8 +42,8 @@ def check_units(units_dir: Path, quarantine_dir: Path, index, job: str) -> list[
     owner = np.full(len(index), -1, dtype=np.int64)
     files = sorted(p for p in units_dir.glob("*.h5") if not p.name.startswith("."))
     moved: list[Quarantined] = []
-    for path in files:
-        reason = _problem(path, index, job, owner, files)
+    for number, path in enumerate(files):
+        reason = _problem(number, files, index, job, owner)
         if reason is None:
             continue
         moved.append(_move(path, quarantine_dir, reason))
@@ -59,7 +59,9 @@ def check_units(units_dir: Path, quarantine_dir: Path, index, job: str) -> list[
     return moved
 
 
-def _problem(path: Path, index, job: str, owner: np.ndarray, files: list[Path]) -> str | None:
+def _problem(number: int, files: list[Path], index, job: str, owner: np.ndarray) -> str | None:
+    """Why ``files[number]`` cannot be used, or None (then its positions are marked owned)."""
+    path = files[number]
     try:
         check: UnitCheck = verify_unit(path)
     except ValidationError as exc:
@@ -79,7 +81,7 @@ def _problem(path: Path, index, job: str, owner: np.ndarray, files: list[Path]) 
     if clash.any():
         other = files[int(owner[both[clash][0]])].name
         return f"sequence position {int(both[clash][0])} is also in {other}"
-    owner[both] = files.index(path)
+    owner[both] = number
     return None
 
 

@@ -76,11 +76,11 @@ def disk_error(exc: BaseException, path: str | Path | None = None, *, needed: in
     where = getattr(exc, "filename", None) or path
     if where is None:
         match = _H5_NAME.search(str(exc))
-        where = match.group(1) if match else "the output directory"
-    where_path = Path(os.fspath(where))
-    message = f"{DISK_ERRNOS[code]}: cannot write {where_path}"
+        where = match.group(1) if match else None
+    where_path = Path(os.fspath(where)) if where is not None else None
+    message = f"{DISK_ERRNOS[code]}: cannot write {where_path or 'the output'}"
     if code != errno.EROFS:
-        free = _free(where_path)
+        free = _free(where_path) if where_path is not None else None
         detail = []
         if needed:
             detail.append(f"needs about {_mb(needed)}")
