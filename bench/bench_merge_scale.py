@@ -6,8 +6,8 @@ workers would have left: an index of N tiny proteins and unit files in the real 
 (``--per-unit`` sequences each, random float32 vectors of width ``--dim``, in the length
 order the planner uses). In a fresh process that has imported what an ``embed`` parent
 imports (torch included), ``merge_units`` consumes them as a complete run does; the table
-gives that process's peak RSS (``ru_maxrss``) and the merge's peak disk against the final
-output.
+gives that process's peak RSS (``VmHWM``: ``ru_maxrss`` would include the RSS of the
+benchmark process that started it) and the merge's peak disk against the final output.
 
     python bench/bench_merge_scale.py [--sizes 10000,100000,1000000,3000000] [--dim 32]
 """
@@ -25,8 +25,13 @@ from pathlib import Path
 from common import markdown_table, print_command, print_machine
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
+
+def hwm_kib():  # this process image's own peak (ru_maxrss can carry the forking parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 import torch  # what an embed parent has loaded
 import virnucpro.engine.job  # noqa
 from virnucpro.engine.merge import disk_bytes, merge_units
@@ -34,13 +39,13 @@ from virnucpro.io.index import build_or_load
 root, dim = Path(sys.argv[1]), int(sys.argv[2])
 index = build_or_load([root / "in.fa"], root / "work" / "index")
 units = sorted((root / "work" / "units").glob("*.h5"))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm_kib()
 t = time.perf_counter()
 r = merge_units(index, units, root / "embeddings.h5", outputs=["embeddings"], dim=dim,
                 per_token=False, attrs={}, consume=root / "work" / "merge", disk_root=root)
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "rss_before_kib": before,
-                  "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "rss_kib": hwm_kib(),
                   "peak_disk": r.peak_disk, "output": disk_bytes(root / "embeddings.h5"),
                   "index": disk_bytes(root / "work" / "index"), "count": r.count}))
 """

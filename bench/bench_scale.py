@@ -2,8 +2,9 @@
 
 For each size, tiny protein sequences (3 to 19 residues, ids ``seq0000000``...) are embedded by
 ``virnucpro embed`` with a tiny RANDOM ESM-2 (``--layers``/``--hidden``, real HF format), one
-CPU worker, in a fresh process. The parent's peak RSS is its own ``ru_maxrss`` (the workers
-are separate processes); the peak and final disk come from ``run.json`` (``disk``: the run
+CPU worker, in a fresh process. The parent's peak RSS is its own ``VmHWM`` (the workers
+are separate processes; ``ru_maxrss`` would carry the benchmark process's RSS); the peak
+and final disk come from ``run.json`` (``disk``: the run
 folder sampled after the compute and after every merged unit). ``--predict-reads`` also runs
 ``virnucpro predict`` on simulated 500 nt reads of a real genome with the tiny random models
 of ``selfcheck`` and reports the disk left after success against the input, with and without
@@ -25,11 +26,15 @@ from pathlib import Path
 import common
 
 _PARENT = """
-import json, resource, sys
+import json, sys
 from virnucpro import cli
+
+def hwm_kib():  # this process image's own peak (ru_maxrss can carry the forking parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
 code = cli.main(sys.argv[1:])
-print(json.dumps({"code": code,
-                  "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"code": code, "rss_kib": hwm_kib()}))
 """
 
 
