@@ -243,3 +243,15 @@ def test_predict_removes_intermediates_after_success_keeps_them_after_failure(tm
     assert (out / "virnucpro_summary.tsv").read_text() == (
         good / "virnucpro_summary.tsv"
     ).read_text()
+
+
+def test_cpu_default_is_one_single_threaded_worker_per_core_within_memory(tmp_path) -> None:
+    from virnucpro.engine.devices import default_cpu_workers, threads_per_worker
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\0" * 1000)
+    assert default_cpu_workers(str(weights), cores=8, memory=1 << 30) == 8
+    assert threads_per_worker(["cpu"] * 8) >= 1
+    assert default_cpu_workers(str(weights), cores=8, memory=3 * 1000 * 3) == 3  # memory-bound
+    assert default_cpu_workers(str(weights), cores=8, memory=10) == 1  # never below one
+    assert default_cpu_workers(str(tmp_path), cores=2, memory=1 << 30) == 2  # a model folder

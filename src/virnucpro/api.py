@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from virnucpro.apiguard import check_main_guard
-from virnucpro.engine.devices import resolve_devices, threads_per_worker
+from virnucpro.engine.devices import default_cpu_workers, resolve_devices, threads_per_worker
 from virnucpro.engine.job import EngineOptions, JobResult, merge_job, run_embedding_job
 from virnucpro.engine.jobstate import parse_shard
 from virnucpro.models.base import EmbedderSpec
@@ -118,6 +118,8 @@ def embed(
         device_list = cluster_devices(ray_address, world_size)  # one actor per cluster GPU
     else:
         device_list = resolve_devices(devices, world_size)
+        if world_size is None and device_list == ["cpu"]:  # the CPU rule, see devices.py
+            device_list = ["cpu"] * default_cpu_workers(spec.weights)
     options = EngineOptions(
         devices=device_list,
         tokens_per_batch=tokens_per_batch or default_tokens_per_batch(device_list),

@@ -72,7 +72,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="number of CPU workers with --devices cpu (threads are split between them)",
+        help="number of CPU workers with --devices cpu (threads are split between them; "
+        "default: one single-threaded worker per core, as many as memory holds)",
     )
     g.add_argument(
         "--tokens-per-batch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from virnucpro.errors import VirnucproError
 
@@ -53,3 +54,33 @@ def threads_per_worker(devices: list[str]) -> int:
     """CPU threads for each worker: the machine's cores split between the workers."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // max(1, len(devices)))
+
+
+MEMORY_PER_WEIGHT_BYTE = 3  # a CPU worker holds the weights, fp32 activations and buffers
+
+
+def _weights_bytes(weights: str) -> int:
+    path = Path(weights)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
+
+
+def default_cpu_workers(weights: str, cores: int | None = None, memory: int | None = None) -> int:
+    """CPU workers when ``--workers`` is not given: one single-threaded worker per core (on
+    a shared or loaded machine several single-threaded workers beat one worker with every
+    thread, docs/BENCHMARKS.md section 7), as many as the available memory holds at
+    ``MEMORY_PER_WEIGHT_BYTE`` times the weights each; at least one."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = _available_memory() if memory is None else memory
+    need = MEMORY_PER_WEIGHT_BYTE * max(1, _weights_bytes(weights))
+    by_memory = memory // need if memory else 1
+    return int(max(1, min(cores or 1, by_memory)))

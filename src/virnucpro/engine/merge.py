@@ -430,59 +430,67 @@ class _Layout:
         return rows
 
 
+def _mapped(path: Path, offset: int, dim: int, first: int, stop: int) -> np.memmap:
+    """Rows ``first..stop-1`` of a contiguous float32 (rows, dim) dataset at ``offset``,
+    memory-mapped on their own: unmapped after each unit, so the parent's RSS holds one
+    unit's pages, not the output's."""
+    return np.memmap(path, dtype="<f4", mode="r+", offset=offset + first * dim * 4,
+                     shape=(stop - first, dim))  # fmt: skip
+
+
+def _write_unit_rows(layout: _Layout, unit, rows: np.ndarray, path: Path) -> None:
+    dim = layout.dim
+    for name, array in unit.vectors.items():
+        offset = layout.vector_offsets.get(name)
+        if offset is None:
+            if layout.rows:
+                raise ValidationError(f"unit file {path} has an unexpected output {name!r}")
+            continue
+        if array.shape[1] != dim:
+            raise ValidationError(
+                f"unit file {path}: {name} has width {array.shape[1]}, expected {dim}"
+            )
+        if not rows.size:
+            continue
+        first = int(rows.min())
+        view = _mapped(layout.path, offset, dim, first, int(rows.max()) + 1)
+        view[rows - first] = array
+        view.flush()
+        del view
+    bounds = layout.token_bounds
+    for name, offset in layout.token_offset.items():  # one per-token dataset per output
+        if offset is None or not rows.size:
+            continue
+        if unit.per_token is None or name not in unit.per_token:
+            raise ValidationError(f"unit file {path} has no per-token vectors of {name}")
+        first, stop = int(bounds[rows].min()), int(bounds[rows + 1].max())
+        if stop > first:
+            view = _mapped(layout.path, offset, dim, first, stop)
+            for row, block in zip(rows.tolist(), unit.per_token[name], strict=True):
+                view[bounds[row] - first : bounds[row + 1] - first] = block
+            view.flush()
+            del view
+
+
 def _write_vectors(
     layout: _Layout, unit_files: list[Path], progress: np.ndarray, *, remove: bool, meter
 ) -> tuple[list[np.ndarray], list[str]]:
     """Copy every unit's vectors to its rows and mark them in ``progress``; with ``remove``
     each unit file is removed once its rows are durable. Returns the failed positions and
     reasons recorded in the units."""
-    n, dim = layout.rows, layout.dim
     failed_positions: list[np.ndarray] = []
     failed_reasons: list[str] = []
     kill_after = int(os.environ.get(_KILL_AFTER, "0") or 0)
-    maps = {
-        name: np.memmap(layout.path, dtype="<f4", mode="r+", offset=offset, shape=(n, dim))
-        for name, offset in layout.vector_offsets.items()
-        if offset is not None and n
-    }
-    token_maps = {
-        name: np.memmap(
-            layout.path, dtype="<f4", mode="r+", offset=offset, shape=(layout.token_rows, dim)
-        )
-        for name, offset in layout.token_offset.items()
-        if offset is not None and layout.token_rows
-    }
-    bounds = layout.token_bounds
     handle = open(layout.path, "rb+")  # noqa: SIM115 - kept open for fsync after every unit
     try:
         for consumed, path in enumerate(unit_files, start=1):
             unit = read_unit(path)
             rows = layout.rows_of(unit.positions, path)
-            for name, array in unit.vectors.items():
-                if name not in maps:
-                    if n:
-                        raise ValidationError(f"unit file {path} has an unexpected output {name!r}")
-                    continue
-                if array.shape[1] != dim:
-                    raise ValidationError(
-                        f"unit file {path}: {name} has width {array.shape[1]}, expected {dim}"
-                    )
-                maps[name][rows] = array
-            for name, token_map in token_maps.items():
-                if unit.per_token is None or name not in unit.per_token:
-                    if rows.size:
-                        raise ValidationError(
-                            f"unit file {path} has no per-token vectors of {name}"
-                        )
-                    continue
-                for row, block in zip(rows.tolist(), unit.per_token[name], strict=True):
-                    token_map[bounds[row] : bounds[row + 1]] = block
+            _write_unit_rows(layout, unit, rows, path)
             if unit.failed_positions.size:
                 failed_positions.append(unit.failed_positions)
                 failed_reasons.extend(unit.failed_reasons)
             if remove:
-                for m in list(maps.values()) + list(token_maps.values()):
-                    m.flush()
                 os.fsync(handle.fileno())
             progress[rows] = np.where(unit.truncated, 2, 1).astype(np.uint8)
             if remove:
@@ -494,8 +502,6 @@ def _write_vectors(
                 if kill_after and consumed >= kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
             del unit
-        for m in list(maps.values()) + list(token_maps.values()):
-            m.flush()
         os.fsync(handle.fileno())
     finally:
         handle.close()

@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -210,7 +211,7 @@ def run_predict(
         raise
     stage_results = {}
     h5 = {"dnabert_s": None, "esm2": None}
-    frame_ids: list[str] = []
+    frame_ids: Sequence[str] = []
     if translated["frames_kept"]:
         for name, fasta, spec, desc in (
             ("dnabert_s", nucleotides, dnabert, "DNABERT-S"),
@@ -227,7 +228,8 @@ def run_predict(
             return _shard_done(out_dir, options, stage_results, translated, timings, started)
         from virnucpro.io.index import SequenceIndex
 
-        frame_ids = list(SequenceIndex.open(out_dir / "stages" / "esm2" / "work" / "index").ids)
+        # the index's id table, read block by block by the join (no list of every frame id)
+        frame_ids = SequenceIndex.open(out_dir / "stages" / "esm2" / "work" / "index").ids
     t = time.time()
     log.info("stage classify: %d frames", len(frame_ids))
     counts = classify_and_write(
