@@ -5,9 +5,14 @@ the engine batches them: real tokens/s, padding fraction, model FLOPs utilisatio
 against (a) the chip's dense half-precision peak from the datasheet and (b) a bf16 matmul
 measured in the same run; and the engine end to end (`virnucpro embed` on cuda:0 with a
 random esm2_t33_650M-geometry folder) against the bare forward of that model on the same
-batches. Usage (repo root, on a GPU machine):
+batches. Also (issue 14): DNABERT-S in its full geometry (12 x 768, random weights) packed
+against padded, per attention kernel, on the same sequences (tokens/s, max difference); the
+engine end to end against the bare forward on >= 20,000 proteins with the host-work overlap
+on and off (``VIRNUCPRO_OVERLAP``); and ``virnucpro predict`` reads/s on 500 bp reads with
+both models in their real geometries (random weights). Usage (repo root, on a GPU machine):
 
     python bench/bench_gpu.py [--peak-tflops 989] [--tokens-per-batch 16384,32768]
+    python bench/bench_gpu.py --smoke          # tiny geometries on the CPU: checks the script
 """
 
 from __future__ import annotations
@@ -219,8 +224,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="also write the results here as JSON, row by row")
     p.add_argument("--skip-engine", action="store_true")
     p.add_argument("--only-engine", action="store_true", help="skip the 3B measurements")
-    p.add_argument("--engine-copies", default="1", help="engine runs over the file N times")
+    p.add_argument(
+        "--engine-copies", default="10", help="engine runs over the file N times (10: 21,000)"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny geometry on CPU: checks the script")
+    p.add_argument("--skip-dnabert", action="store_true")
+    p.add_argument("--skip-predict", action="store_true")
+    p.add_argument("--predict-reads", type=int, default=20_000)
+    p.add_argument("--overlap", default="1,0", help="VIRNUCPRO_OVERLAP values for the engine")
     args = p.parse_args()
     DATA = args.data
     if args.smoke:
@@ -238,21 +249,162 @@ def main() -> None:
         cfg = Esm2Config(num_layers=36, embed_dim=2560, heads=40, ffn_dim=4 * 2560)
     if not args.only_engine:
         measure_3b(cfg, device, args, results)
+    if not args.skip_dnabert:
+        results["dnabert_s"] = guarded(lambda: dnabert_packed_vs_padded(device, args.smoke))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2))
     if not args.skip_engine:
-        try:
-            results["engine"] = [
-                engine_vs_bare(device, smoke=args.smoke, copies=int(n))
+        results["engine"] = guarded(
+            lambda: [
+                engine_vs_bare(device, smoke=args.smoke, copies=int(n), overlap=flag)
                 for n in args.engine_copies.split(",")
+                for flag in args.overlap.split(",")
             ]
-        except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
-            stderr = getattr(exc, "stderr", "") or ""
-            results["engine"] = {"error": repr(exc)[-500:], "stderr": stderr[-3000:]}
+        )
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2))
+    if not args.skip_predict:
+        results["predict"] = guarded(lambda: predict_real_geometry(device, args))
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 
 
-def engine_vs_bare(device, smoke: bool = False, copies: int = 1) -> dict:
+def guarded(measure):
+    """Run one measurement; a failure is recorded (with the command's stderr), not fatal."""
+    try:
+        return measure()
+    except (subprocess.CalledProcessError, OSError, RuntimeError, ValueError) as exc:
+        stderr = getattr(exc, "stderr", "") or ""
+        return {"error": repr(exc)[-500:], "stderr": stderr[-3000:]}
+
+
+def random_dna(rng: np.random.Generator, count: int, low: int, high: int) -> list[str]:
+    return ["".join(rng.choice(list("ACGT"), size=int(n))) for n in rng.integers(low, high, count)]
+
+
+def dnabert_packed_vs_padded(device, smoke: bool = False) -> list[dict]:
+    """DNABERT-S full geometry (random weights), packed per kernel vs padded, same batches."""
+    import os
+
+    from virnucpro.engine.batching import computed_slots, token_budget_batches
+    from virnucpro.models import alibi_attention
+    from virnucpro.models.dnabert_s import load_dnabert_embedder, resolve_dnabert
+    from virnucpro.models.tiny_dnabert import write_tiny_dnabert_s
+
+    geometry = (
+        dict(num_layers=2, hidden=48, heads=12, intermediate=96, vocab_size=96)
+        if smoke
+        else dict(num_layers=12, hidden=768, heads=12, intermediate=3072, vocab_size=4096)
+    )
+    folder = write_tiny_dnabert_s(Path(tempfile.mkdtemp()) / "dnabert_s", **geometry)
+    precision = "fp32" if smoke else "bf16"
+    embedder = load_dnabert_embedder(resolve_dnabert(str(folder), precision=precision), device)
+    rng = np.random.default_rng(0)
+    # VirNucPro's DNABERT-S inputs: the 3P+1 nt paired with each kept frame, up to ~1.5 kb
+    encoded = [embedder.encode(s) for s in random_dna(rng, 300 if smoke else 8000, 100, 1501)]
+    lengths = [len(e) for e in encoded]
+    budget = 4096 if smoke else 16384
+    rows = []
+    reference = None
+    for kernel in (None, *alibi_attention.KERNELS):  # None: the padded path
+        if kernel is not None:
+            os.environ[alibi_attention.ENV] = kernel
+        packed = kernel is not None
+        batches = [[encoded[i] for i in b] for b in token_budget_batches(lengths, budget, packed)]
+        forward = embedder.forward if packed else embedder.forward_padded
+        try:
+            vectors = np.concatenate([forward(b).pooled["embeddings"] for b in batches[:2]])
+            seconds = time_forward(_Calls(forward), batches, repeats=2)
+        except Exception as exc:  # noqa: BLE001 - a kernel that does not run here is reported
+            rows.append({"kernel": kernel, "error": repr(exc)[-300:]})
+            continue
+        finally:
+            os.environ.pop(alibi_attention.ENV, None)
+        if reference is None:
+            reference = vectors
+        cos = (vectors * reference).sum(1) / (
+            np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1)
+        )
+        slots = sum(computed_slots([len(e) for e in b], packed) for b in batches)
+        rows.append(
+            {
+                "kernel": kernel or "padded (dense ALiBi + padding bias)",
+                "precision": precision,
+                "tokens_per_batch": budget,
+                "batches": len(batches),
+                "s_per_pass": seconds,
+                "tokens_per_s": sum(lengths) / seconds,
+                "padding_fraction": (slots - sum(lengths)) / slots,
+                "min_cosine_vs_padded": float(cos.min()),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+class _Calls:
+    """Adapts a forward function to ``time_forward``'s ``embedder.forward`` calls."""
+
+    def __init__(self, forward) -> None:
+        self.forward = forward
+
+
+def predict_real_geometry(device, args) -> dict:
+    """``virnucpro predict`` reads/s, 500 bp reads, both models in real geometries (random)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_translate
+    import common
+
+    from virnucpro.models.classifier import write_original_format_classifier
+    from virnucpro.models.tiny import write_tiny_esm2_hf
+    from virnucpro.models.tiny_dnabert import write_tiny_dnabert_s
+
+    tmp = Path(tempfile.mkdtemp())
+    if args.smoke:
+        esm_geometry, dna_geometry, reads_n = dict(num_layers=2, hidden=32, heads=4), {}, 500
+        dna_width, esm_width = 48, 32
+    else:
+        esm_geometry = dict(num_layers=36, hidden=2560, heads=40)
+        dna_geometry = dict(num_layers=12, hidden=768, heads=12, intermediate=3072, vocab_size=4096)
+        reads_n, dna_width, esm_width = args.predict_reads, 768, 2560
+    started = time.perf_counter()
+    esm = write_tiny_esm2_hf(tmp / "esm2", **esm_geometry, use_transformers=False)
+    dna = write_tiny_dnabert_s(tmp / "dnabert_s", **dna_geometry)
+    classifier = write_original_format_classifier(tmp / "500_model.pth", dna_width + esm_width)
+    written = time.perf_counter() - started
+    reads = bench_translate.simulate_reads(common.GENOME, reads_n, 500, 0)
+    fasta = common.write_fasta(tmp / "reads.fa", reads)
+    command = [
+        sys.executable, "-m", "virnucpro", "predict", str(fasta), "-o", str(tmp / "out"),
+        "--esm-model", str(esm), "--dnabert-model", str(dna), "--classifier", str(classifier),
+        "--devices", "cpu" if args.smoke else "0", "-q",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    report = json.loads((tmp / "out" / "run.json").read_text())
+    stages = {}
+    for stage in ("dnabert_s", "esm2"):
+        stage_report = json.loads((tmp / "out" / "stages" / stage / "run.json").read_text())
+        stages[stage] = {
+            "seconds": report["timings_s"][stage],
+            "tokens": stage_report["tokens"],
+            "padding_fraction": stage_report["padding_fraction"],
+        }
+    return {
+        "reads": reads_n,
+        "read_length": 500,
+        "wall_s": wall,
+        "reads_per_s": reads_n / wall,
+        "frames": report["counts"].get("frames_kept"),
+        "timings_s": report["timings_s"],
+        "stages": stages,
+        "writing_random_weights_s": written,
+    }
+
+
+def engine_vs_bare(device, smoke: bool = False, copies: int = 1, overlap: str = "1") -> dict:
     """`virnucpro embed` end to end on cuda:0 vs the bare forward on the same batches.
 
     ``copies`` > 1 embeds the protein file that many times over (ids made unique), so that the
@@ -282,6 +434,8 @@ def engine_vs_bare(device, smoke: bool = False, copies: int = 1) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     start = time.perf_counter()
+    import os
+
     subprocess.run(
         [
             sys.executable,
@@ -304,12 +458,22 @@ def engine_vs_bare(device, smoke: bool = False, copies: int = 1) -> dict:
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, "VIRNUCPRO_OVERLAP": overlap},
     )
     wall = time.perf_counter() - start
     report = json.loads((tmp / "out" / "run.json").read_text())
     compute = report["timings_s"]["compute"]
     log_lines = (tmp / "out" / "logs" / "worker_0.log").read_text().splitlines()
+    inside = sum(
+        float(line.split("'seconds': ")[1].split(",")[0])
+        for line in log_lines
+        if " committed: " in line and "'seconds': " in line
+    )
     return {
+        "overlap": overlap,
+        "inside_units_s": inside,
+        "ratio_inside_units_vs_bare": bare / inside if inside else None,
+        "ratio_wall_vs_bare": bare / wall,
         "proteins": report["counts"]["embedded"] if "counts" in report else None,
         "tokens": real,
         "bare_s": bare,
