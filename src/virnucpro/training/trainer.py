@@ -51,7 +51,7 @@ LOG_COLUMNS = (
     "lr",
 )
 KILL_HOOK = "VIRNUCPRO_TEST_KILL_AFTER_EPOCH"  # tests: SIGKILL after this epoch's checkpoint
-SMALL_STEP_MACS = 1 << 22  # below this many multiply-adds per batch, threads cost more than win
+SMALL_STEP_MACS = 1 << 24  # below this many multiply-adds per batch, threads cost more than win
 
 
 def cpu_threads(width: int, hyper: Hyperparameters) -> int | None:
