@@ -102,7 +102,9 @@ def _check_owner(out: Path, command: str, restart: bool) -> bool:
             )
         return created
     entries = sorted(
-        p.name for p in out.iterdir() if not _TEMP.match(p.name) and not p.name.startswith(LOCK)
+        p.name
+        for p in out.iterdir()
+        if not _TEMP.match(p.name) and not p.name.startswith(LOCK) and not _empty_tree(p)
     )
     legacy = _made_by(out)
     if entries and legacy is None:
@@ -119,6 +121,14 @@ def _check_owner(out: Path, command: str, restart: bool) -> bool:
         )
     _write_marker(marker, command)
     return created
+
+
+def _empty_tree(path: Path) -> bool:
+    """A folder holding only empty folders (as a workflow manager makes for the outputs it
+    expects, e.g. Snakemake's ``OUT/work/shards/``): nothing of the user's to protect."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all(_empty_tree(child) for child in path.iterdir())
 
 
 def _write_marker(marker: Path, command: str) -> None:
@@ -283,6 +293,7 @@ def claim_run_dir(
         finally:
             _held[key][1] -= 1
         return
+    top = _first_missing(out)  # the outermost folder this claim creates (None: OUT exists)
     created = _check_owner(out, command, restart) and shard is None
     fds: list[tuple[Path, int, bool]] = []
     try:
@@ -296,7 +307,7 @@ def claim_run_dir(
         for _path, fd, _remove in fds:
             os.close(fd)
         if created:
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(top or out, ignore_errors=True)
         raise
     _held[key] = [command, 1]
     try:
@@ -304,12 +315,23 @@ def claim_run_dir(
         yield created
     except VirnucproError:
         if created and not _holds_committed_work(out):
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(top or out, ignore_errors=True)
         raise
     finally:
         del _held[key]
         for path, fd, remove in reversed(fds):
             _release(path, fd, remove=remove and out.is_dir())
+
+
+def _first_missing(out: Path) -> Path | None:
+    """The outermost ancestor of ``out`` (or ``out``) that does not exist yet."""
+    out = Path(os.path.abspath(out))
+    if out.exists():
+        return None
+    top = out
+    while not top.parent.exists():
+        top = top.parent
+    return top
 
 
 def _holds_committed_work(out: Path) -> bool:

@@ -158,7 +158,7 @@ def predict_options(args):
         engine=engine_kwargs(args),
         call_rule=call_rule(args),
         models_dir=args.models_dir,
-        keep_embeddings=args.keep_embeddings,
+        keep_embeddings=getattr(args, "keep_embeddings", False),  # predict only
     )
 
 
