@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT = REPO.parent / "shared" / "data" / "HG003687.proteins.faa.gz"
+DEFAULT = REPO.parent / "shared" / "data" / "MIIJ01000039.single.faa.gz"
 LINE = re.compile(
     r"\| ([\d,]+)/([\d,]+) sequences \| ([\d,]+)/([\d,]+) tokens \|.*elapsed (\d+):(\d\d):(\d\d)"
 )
@@ -43,7 +43,7 @@ def main() -> None:
     from virnucpro.models.tiny import write_tiny_esm2_hf
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = write_tiny_esm2_hf(Path(tmp) / "esm", num_layers=4, hidden=64, heads=4, seed=0)
+        model = write_tiny_esm2_hf(Path(tmp) / "esm", num_layers=2, hidden=32, heads=4, seed=0)
         command = [
             sys.executable, "-m", "virnucpro", "embed", str(args.fasta), "-o", f"{tmp}/out",
             "--model", str(model), "--devices", "cpu", "--workers", str(args.workers),
@@ -56,7 +56,7 @@ def main() -> None:
         for raw in process.stderr:
             match = LINE.search(raw)
             if match:
-                s, big_s, k, big_k, h, m, sec = match.groups()
+                s, big_s, k, big_k = match.groups()[:4]
                 lines.append(
                     (time.monotonic(), _int(s), _int(big_s), _int(k), _int(big_k), raw.strip())
                 )
