@@ -31,6 +31,7 @@ from pathlib import Path
 from virnucpro import __version__
 from virnucpro.errors import VirnucproError
 from virnucpro.io.atomic import atomic_write_json
+from virnucpro.io.pids import pid_alive
 
 MARKER = ".virnucpro-run.json"
 LOCK = ".virnucpro.lock"
@@ -142,16 +143,6 @@ def _write_marker(marker: Path, command: str) -> None:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _holder(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
@@ -213,7 +204,7 @@ def _acquire(out: Path, name: str, command: str, *, shared: bool, shard: str | N
             return fd
         previous = _holder(path)
         if previous.get("pid") and previous.get("pid") != os.getpid():
-            alive = previous.get("host") != host or _pid_alive(int(previous["pid"]))
+            alive = previous.get("host") != host or pid_alive(int(previous["pid"]))
             if not locked and alive:
                 os.close(fd)
                 raise _in_use(out, [previous])

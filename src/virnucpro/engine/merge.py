@@ -22,6 +22,7 @@ import numpy as np
 from virnucpro.engine.unitfile import read_unit, read_unit_positions
 from virnucpro.errors import ValidationError
 from virnucpro.io.diskerrors import check_free_space, reserve
+from virnucpro.io.pids import pid_alive
 from virnucpro.models.base import per_token_dataset
 
 ID_BLOCK = 16_384  # ids per block: bounded memory whatever the number of sequences
@@ -86,21 +87,11 @@ def _strings(values) -> np.ndarray:
     return np.array(list(values), dtype=h5py.string_dtype("utf-8"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def remove_stale_temporaries(output: Path) -> None:
     """Delete the ``.NAME.tmp-PID`` file of a merge whose process was killed (output-sized)."""
     for path in output.parent.glob(f".{output.name}.tmp-*"):
         pid = path.name.rsplit("-", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
 
 

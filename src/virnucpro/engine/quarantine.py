@@ -20,6 +20,7 @@ import numpy as np
 
 from virnucpro.engine.unitfile import UnitCheck, verify_unit
 from virnucpro.errors import ValidationError
+from virnucpro.io.pids import pid_alive
 
 log = logging.getLogger("virnucpro.engine")
 
@@ -104,15 +105,5 @@ def remove_stale_unit_temporaries(units_dir: Path) -> None:
         stem, _, pid = path.name.rpartition("-")
         if not pid.isdigit() or not stem.endswith(f"tmp-{host}"):
             continue
-        if int(pid) != os.getpid() and not _alive(int(pid)):
+        if int(pid) != os.getpid() and not pid_alive(int(pid)):
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -43,6 +43,7 @@ from virnucpro.errors import InputError
 from virnucpro.io.atomic import atomic_dir, atomic_write_text
 from virnucpro.io.digests import FileHasher, damaged_store_files, sha256_file, store_digests
 from virnucpro.io.fasta import read_raw
+from virnucpro.io.pids import pid_alive
 
 INDEX_VERSION = 2  # 2: content digests of the inputs and of the store files
 INDEX_DIRNAME = "sequence_index"
@@ -334,20 +335,8 @@ def _clean_stale(cache_dir: Path) -> None:
     """Remove temporary folders left by builders that no longer run."""
     for entry in cache_dir.iterdir():
         match = _STALE.match(entry.name)
-        if match and not _pid_alive(int(match.group(2))):
+        if match and (int(match.group(2)) == os.getpid() or not pid_alive(int(match.group(2)))):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _build(files: Sequence[str | Path], current: list[FileFingerprint], out: Path) -> None:
