@@ -1,6 +1,6 @@
 """virnucpro: viral sequence identification (VirNucPro) on a fault-tolerant embedding engine."""
 
-__version__ = "0.1.0"
+from virnucpro._version import __version__
 
 __all__ = [
     "__version__",

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.errors import VirnucproError
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.errors import VirnucproError
 from virnucpro.io.atomic import atomic_write_json
 from virnucpro.io.pids import pid_alive

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.engine.claim import read_record
 from virnucpro.engine.rundir import RunDir
 from virnucpro.errors import VirnucproError

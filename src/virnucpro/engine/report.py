@@ -6,7 +6,7 @@ import json
 import time
 from datetime import datetime, timezone
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.models.base import EmbedderSpec
 
 

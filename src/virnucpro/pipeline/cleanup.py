@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.engine.merge import disk_bytes
 from virnucpro.io.atomic import atomic_write_json
 

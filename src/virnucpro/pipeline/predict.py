@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.engine.claim import read_record
 from virnucpro.engine.merge import disk_bytes
 from virnucpro.errors import InputError, ModelError, VirnucproError

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.engine.merge import disk_bytes
 from virnucpro.errors import InputError, VirnucproError
 from virnucpro.io.atomic import atomic_path, atomic_write_json

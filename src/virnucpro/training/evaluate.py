@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.errors import InputError, VirnucproError
 from virnucpro.io.atomic import atomic_path, atomic_write_json
 from virnucpro.pipeline import tables

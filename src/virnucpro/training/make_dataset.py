@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.errors import InputError, ValidationError
 from virnucpro.io.atomic import atomic_dir
 from virnucpro.pipeline.chunking import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE

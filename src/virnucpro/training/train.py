@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from virnucpro import __version__
+from virnucpro._version import __version__
 from virnucpro.errors import InputError, ModelError
 from virnucpro.io.atomic import atomic_path, atomic_write_json
 from virnucpro.models.provenance import describe
